@@ -1,0 +1,1 @@
+"""The Lightning application: tasks, CLI entry, visualisation and benchmark commands."""

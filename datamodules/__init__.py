@@ -1,0 +1,1 @@
+"""LightningDataModules, readers of every on-disk format, transforms and the generated data set."""

@@ -1,0 +1,1 @@
+"""Pure torch.nn code: neighbours/sampling, centroid attention, backbone, heads (no Lightning)."""

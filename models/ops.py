@@ -1,0 +1,94 @@
+"""Pure-torch point operations: k-nearest neighbours, farthest point sampling, gathering.
+
+Batched ``[B, N, C]`` tensors throughout. Indices are ``torch.long``. No compiled kernels: these
+run wherever torch runs (CPU, CUDA, MPS). Memory of the distance computations stays ``O(chunk * N)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check_points(name: str, pos: Tensor) -> None:
+    if pos.dim() != 3 or pos.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape [B, N, 3], got {tuple(pos.shape)}")
+    if pos.shape[1] == 0:
+        raise ValueError(f"{name} is empty: a point cloud needs at least one point")
+    if not torch.isfinite(pos).all():
+        raise ValueError(f"{name} contains NaN or infinite coordinates")
+
+
+def gather(x: Tensor, idx: Tensor) -> Tensor:
+    """Gather rows of ``x`` along the point axis.
+
+    Shapes:
+        x: ``[B, N, C]``; idx: ``[B, *S]`` long with values in ``[0, N)``.
+        returns ``[B, *S, C]``.
+    """
+    B, _, C = x.shape
+    flat = idx.reshape(B, -1)  # (B, prod(S))
+    out = torch.gather(x, 1, flat.unsqueeze(-1).expand(-1, -1, C))
+    return out.reshape(*idx.shape, C)
+
+
+def knn(query: Tensor, points: Tensor, k: int, chunk_size: int = 2048) -> Tensor:
+    """Indices of the ``k`` nearest ``points`` of every ``query`` (squared Euclidean distance).
+
+    Ties are broken by the lower index (stable sort), so the result is deterministic.
+
+    Shapes:
+        query: ``[B, M, 3]``; points: ``[B, N, 3]``.
+        returns ``[B, M, k]`` long, nearest first.
+    """
+    _check_points("query", query)
+    _check_points("points", points)
+    if query.shape[0] != points.shape[0]:
+        raise ValueError(f"batch sizes differ: query {query.shape[0]} vs points {points.shape[0]}")
+    n = points.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be between 1 and the number of points N={n}")
+    out = []
+    for q in query.split(chunk_size, dim=1):  # memory O(chunk * N)
+        d = torch.cdist(q, points).pow(2)  # (B, chunk, N)
+        out.append(torch.topk(d, k, dim=-1, largest=False, sorted=True).indices)
+    return torch.cat(out, dim=1)
+
+
+def farthest_point_sample(pos: Tensor, m: int) -> Tensor:
+    """Farthest point sampling of ``m`` indices per cloud.
+
+    **choice** (paper.md §2): start at the point farthest from the cloud's mean, so that the result
+    does not depend on the order of the points (up to exact ties).
+
+    Shapes:
+        pos: ``[B, N, 3]``; returns ``[B, m]`` long.
+    """
+    _check_points("pos", pos)
+    B, N, _ = pos.shape
+    if not 1 <= m <= N:
+        raise ValueError(f"cannot sample m={m} points from N={N}: need 1 <= m <= N")
+    idx = torch.empty(B, m, dtype=torch.long, device=pos.device)
+    batch = torch.arange(B, device=pos.device)
+    far = (pos - pos.mean(dim=1, keepdim=True)).pow(2).sum(-1).argmax(-1)  # (B,)
+    dist = torch.full((B, N), float("inf"), dtype=pos.dtype, device=pos.device)
+    for i in range(m):
+        idx[:, i] = far
+        d = (pos - pos[batch, far].unsqueeze(1)).pow(2).sum(-1)  # (B, N)
+        dist = torch.minimum(dist, d)
+        far = dist.argmax(-1)
+    return idx
+
+
+def random_sample(pos: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:
+    """``m`` distinct random indices per cloud (a cheaper alternative to FPS).
+
+    Shapes:
+        pos: ``[B, N, 3]``; returns ``[B, m]`` long.
+    """
+    _check_points("pos", pos)
+    B, N, _ = pos.shape
+    if not 1 <= m <= N:
+        raise ValueError(f"cannot sample m={m} points from N={N}: need 1 <= m <= N")
+    noise = torch.rand(B, N, generator=generator, device=pos.device)
+    return noise.argsort(dim=-1)[:, :m]
