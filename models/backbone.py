@@ -1,0 +1,238 @@
+"""The centroid-transformer backbone: a point-wise stem, then S stages N_s points → M_s centroids.
+
+Wu, Liu & Liu, "Centroid Transformers: Learning to Abstract with Attention", arXiv 2102.08606 (§4 of
+``shared/paper.md``). Each stage = KNN initialisation of the centroids (§2) + T steps of centroid attention
+(§1, local by default, §3) + optional self-attention blocks among the centroids.
+
+Clouds in a batch share one size N: the data side resamples every cloud to a fixed N (no padding mask here).
+
+Shapes:
+    pos ``[B, N, 3]``, x ``[B, N, in_channels]`` (or ``None``) → stage s: pos ``[B, M_s, 3]``, feat
+    ``[B, M_s, widths[s]]``; ``forward`` returns the last stage's feat ``[B, M_S, widths[-1]]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from models.centroid_attention import CentroidAttentionBlock, hard_assignment
+from models.ops import farthest_point_sample, gather, knn, random_sample
+
+Sampling = Literal["fps", "random"]
+
+
+@dataclass
+class StageOutput:
+    """What one stage produces; everything a caller (head, picture, logger) may need."""
+
+    pos: Tensor  # [B, M, 3] centroid positions (= seed positions)
+    feat: Tensor  # [B, M, C] centroid features after the stage
+    seed_idx: Tensor  # [B, M] long, index of each centroid's seed among the stage's inputs
+    neighbors: Tensor  # [B, M, k] long, kNN of each centroid among the stage's inputs
+    assignment: Tensor | None = None  # [B, N_in] long, centroid of each input (return_attention=True)
+    attention: Tensor | None = None  # [B, heads, M, N_in] (global) / [B, heads, M, k_attn] (local), last step
+
+
+@dataclass
+class BackboneOutput:
+    pos: Tensor  # [B, N, 3] input points
+    feat: Tensor  # [B, N, stem_width] stem features
+    stages: list[StageOutput]
+
+
+def _check_sizes(stage: int, n_in: int, m: int, k: int, k_attn: int) -> None:
+    if m > n_in:
+        raise ValueError(f"stage {stage}: num_centroids={m} is larger than its number of inputs N={n_in}")
+    for name, value in (("k", k), ("k_attn", k_attn)):
+        if value > n_in:
+            raise ValueError(f"stage {stage}: {name}={value} is larger than its number of inputs N={n_in}")
+
+
+class KNNInit(nn.Module):
+    """Initial centroid features from the k nearest inputs of each seed (paper.md §2 choice).
+
+        u_i⁰ = W_2 · max_{j ∈ kNN(i)} ReLU(LN(W_1 [x_j, p_j − p_i])) + b_2
+
+    a one-hidden-layer PointNet on each neighbourhood. The projection W_2 comes after the max-pool (it
+    commutes with nothing, but costs M·C² instead of M·k·C²), and W_1 is split into
+    ``W_x x_j + W_p (p_j − p_i)`` so that ``W_x x`` is computed once on the N inputs before being
+    gathered M·k times.
+
+    Shapes: x ``[B, N, C_in]``, pos ``[B, N, 3]``, seed_pos ``[B, M, 3]``, neighbors ``[B, M, k]`` →
+    ``[B, M, C]``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.embed_x = nn.Linear(in_dim, out_dim)
+        self.embed_pos = nn.Linear(3, out_dim, bias=False)
+        self.act = nn.Sequential(nn.LayerNorm(out_dim), nn.ReLU())
+        self.proj = nn.Linear(out_dim, out_dim)
+
+    def forward(self, x: Tensor, pos: Tensor, seed_pos: Tensor, neighbors: Tensor) -> Tensor:
+        rel = gather(pos, neighbors) - seed_pos.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
+        h = gather(self.embed_x(x), neighbors) + self.embed_pos(rel)  # (B, M, k, C)
+        return self.proj(self.act(h).amax(dim=2))  # max-pool over the k neighbours, (B, M, C)
+
+
+class CentroidStage(nn.Module):
+    """N points → M centroids: seeds (FPS/random) + KNN init + centroid attention + self-attention.
+
+    Args:
+        in_dim, out_dim: feature width of the stage's inputs and of its centroids.
+        num_centroids: M.
+        k: neighbours for the KNN initialisation; k_attn: neighbours each centroid attends to in local
+            mode (default k; paper.md §3).
+        steps, heads, mode, pos_encoding, clustering_norm, ffn_ratio, dropout: of the
+            :class:`~models.centroid_attention.CentroidAttentionBlock`.
+        sampling: seeds by ``"fps"`` (order-independent, paper.md §2 choice) or ``"random"``.
+        self_attention_blocks: standard pre-norm self-attention layers among the M centroids afterwards
+            (global, no position code: centroid attention with u = x and T = 1 is exactly that).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        num_centroids: int,
+        k: int = 16,
+        k_attn: int | None = None,
+        steps: int = 2,
+        heads: int = 4,
+        mode: Literal["local", "global"] = "local",
+        sampling: Sampling = "fps",
+        self_attention_blocks: int = 0,
+        clustering_norm: bool = False,
+        pos_encoding: bool = True,
+        ffn_ratio: float = 2.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if sampling not in ("fps", "random"):
+            raise ValueError(f"sampling must be 'fps' or 'random', got {sampling!r}")
+        if num_centroids < 1 or k < 1 or (k_attn is not None and k_attn < 1):
+            raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
+        self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
+        self.mode, self.sampling = mode, sampling
+        self.init = KNNInit(in_dim, out_dim)
+        self.attention = CentroidAttentionBlock(
+            out_dim, heads, steps, ffn_ratio, mode, pos_encoding, clustering_norm, dropout=dropout, kv_dim=in_dim
+        )
+        self.self_attention = nn.ModuleList(
+            CentroidAttentionBlock(out_dim, heads, 1, ffn_ratio, "global", False, dropout=dropout)
+            for _ in range(self_attention_blocks)
+        )
+
+    def extra_repr(self) -> str:
+        return f"num_centroids={self.num_centroids}, k={self.k}, k_attn={self.k_attn}, sampling={self.sampling}"
+
+    def forward(self, pos: Tensor, x: Tensor, return_attention: bool = False, stage: int = 1) -> StageOutput:
+        """pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → :class:`StageOutput` with M centroids of width out_dim."""
+        n_in = pos.shape[1]
+        _check_sizes(stage, n_in, self.num_centroids, self.k, self.k_attn)
+        if self.sampling == "fps":
+            seed_idx = farthest_point_sample(pos, self.num_centroids)  # (B, M)
+        else:
+            seed_idx = random_sample(pos, self.num_centroids)
+        seed_pos = gather(pos, seed_idx)  # (B, M, 3); centroids stay at their seeds (paper.md §2 choice)
+        nearest = knn(seed_pos, pos, max(self.k, self.k_attn))  # (B, M, max(k, k_attn)), nearest first
+        neighbors, attn_neighbors = nearest[..., : self.k], nearest[..., : self.k_attn]
+        u = self.init(x, pos, seed_pos, neighbors)  # (B, M, C)
+        u, weights = self.attention(u, x, seed_pos, pos, attn_neighbors, return_attention=return_attention)
+        for block in self.self_attention:
+            u, _ = block(u, u)
+        assignment = None
+        if weights is not None:
+            index = attn_neighbors if self.mode == "local" else None
+            assignment = hard_assignment(weights, index, n_in)  # (B, N_in), -1 where no centroid looks
+            orphan = assignment < 0
+            if orphan.any():  # inputs outside every neighbourhood go to the nearest centroid by position
+                assignment = torch.where(orphan, knn(pos, seed_pos, 1).squeeze(-1), assignment)
+        return StageOutput(seed_pos, u, seed_idx, neighbors, assignment, weights)
+
+
+class CentroidBackbone(nn.Module):
+    """Stem + S centroid stages (paper.md §4). Default: 1024 → 512 → 256 → 128 with widths 64 → 128 → 256 → 512.
+
+    Args:
+        in_channels: per-point input features besides xyz (0: positions only, 3: normals).
+        stem_width: width of the point-wise stem MLP on ``[p, x]``.
+        num_centroids, widths: M_s and C_s of each stage (same length S).
+        k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
+            ffn_ratio, dropout: shared by every stage, see :class:`CentroidStage`.
+
+    Attributes:
+        out_channels: ``widths[-1]``; channels: ``[stem_width, *widths]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 0,
+        stem_width: int = 64,
+        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- lists of ints for jsonargparse, never mutated
+        widths: list[int] = [128, 256, 512],  # noqa: B006
+        k: int = 16,
+        k_attn: int | None = None,
+        steps: int = 2,
+        heads: int = 4,
+        mode: Literal["local", "global"] = "local",
+        sampling: Sampling = "fps",
+        self_attention_blocks: int = 0,
+        clustering_norm: bool = False,
+        pos_encoding: bool = True,
+        ffn_ratio: float = 2.0,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if len(num_centroids) != len(widths) or not widths:
+            raise ValueError(f"num_centroids {num_centroids} and widths {widths} must be non-empty and of equal length")
+        if in_channels < 0:
+            raise ValueError(f"in_channels={in_channels} must be >= 0")
+        self.in_channels = in_channels
+        self.channels = [stem_width, *widths]
+        self.out_channels = widths[-1]
+        self.stem = nn.Sequential(
+            nn.Linear(3 + in_channels, stem_width), nn.LayerNorm(stem_width), nn.ReLU(), nn.Linear(stem_width, stem_width)
+        )
+        self.stages = nn.ModuleList(
+            CentroidStage(
+                c_in, c_out, m, k, k_attn, steps, heads, mode, sampling, self_attention_blocks,
+                clustering_norm, pos_encoding, ffn_ratio, dropout,
+            )
+            for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
+        )  # fmt: skip
+
+    def _check_input(self, pos: Tensor, x: Tensor | None) -> None:
+        if pos.dim() != 3 or pos.shape[-1] != 3:
+            raise ValueError(f"pos must have shape [B, N, 3], got {tuple(pos.shape)}")
+        if pos.shape[1] == 0:
+            raise ValueError("pos is empty: a point cloud needs at least one point")
+        if not torch.isfinite(pos).all():
+            raise ValueError("pos contains NaN or infinite coordinates")
+        if self.in_channels == 0 and x is not None:
+            raise ValueError(f"x was given with shape {tuple(x.shape)} but the backbone has in_channels=0")
+        if self.in_channels > 0:
+            expected = (*pos.shape[:2], self.in_channels)
+            if x is None or tuple(x.shape) != expected:
+                got = None if x is None else tuple(x.shape)
+                raise ValueError(f"x must have shape [B, N, in_channels] = {expected}, got {got}")
+
+    def forward_features(self, pos: Tensor, x: Tensor | None = None, return_attention: bool = False) -> BackboneOutput:
+        """pos ``[B, N, 3]``, x ``[B, N, in_channels]`` or ``None`` → :class:`BackboneOutput`."""
+        self._check_input(pos, x)
+        stem_in = pos if x is None else torch.cat([pos, x], dim=-1)  # (B, N, 3 + in_channels)
+        feat = self.stem(stem_in)  # (B, N, stem_width)
+        stages, p, f = [], pos, feat
+        for s, stage in enumerate(self.stages, start=1):
+            out = stage(p, f, return_attention=return_attention, stage=s)
+            stages.append(out)
+            p, f = out.pos, out.feat
+        return BackboneOutput(pos, feat, stages)
+
+    def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
+        """The last stage's centroid features ``[B, M_S, out_channels]``."""
+        return self.forward_features(pos, x).stages[-1].feat

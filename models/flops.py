@@ -1,0 +1,81 @@
+"""FLOPs per stage and parameter counts.
+
+Counted with ``torch.utils.flop_counter.FlopCounterMode``: matrix products (``Linear``, ``einsum``/``bmm``,
+``scaled_dot_product_attention``, forced onto its math kernel so that CPU runs count it too) are counted,
+as ``2 × multiply-accumulates`` (the paper reports MACs = FLOPs / 2). Gathers, top-k, element-wise ops,
+normalisation and the kNN/FPS neighbour search are NOT counted.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.backbone import CentroidBackbone
+from models.heads import ClassificationHead, SegmentationHead
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+class _BackboneAndHead(nn.Module):
+    """One root module, so that the counter names every part by its path."""
+
+    def __init__(self, backbone: CentroidBackbone, head: nn.Module | None) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, pos: torch.Tensor, x: torch.Tensor | None) -> None:
+        out = self.backbone.forward_features(pos, x)
+        if isinstance(self.head, SegmentationHead):
+            category = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+            self.head(out, category if self.head.num_categories > 0 else None)
+        elif isinstance(self.head, ClassificationHead):
+            self.head(out.stages[-1].feat)
+        elif self.head is not None:
+            raise TypeError(f"unsupported head {type(self.head).__name__}")
+
+
+@torch.no_grad()
+def count_flops(
+    backbone: CentroidBackbone,
+    head: nn.Module | None = None,
+    num_points: int = 1024,
+    batch_size: int = 1,
+    in_channels: int | None = None,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Forward FLOPs on a random cloud: ``{"stem", "stage_1".."stage_S", ["head"], "total"}``.
+
+    ``in_channels`` defaults to the backbone's. The per-part numbers sum to ``total``.
+    """
+    in_channels = backbone.in_channels if in_channels is None else in_channels
+    g = torch.Generator().manual_seed(seed)
+    device = next(backbone.parameters()).device
+    pos = torch.rand(batch_size, num_points, 3, generator=g).to(device)
+    x = torch.randn(batch_size, num_points, in_channels, generator=g).to(device) if in_channels > 0 else None
+    model = _BackboneAndHead(backbone, head)
+    modes = [m.training for m in model.modules()]
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+            model(pos, x)
+    finally:
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
+    per_module = counter.get_flop_counts()  # keyed by module path: "_BackboneAndHead.backbone.stages.0"
+
+    def flops_of(path: str) -> int:
+        return int(sum(per_module.get(f"_BackboneAndHead.{path}", {}).values()))
+
+    result = {"stem": flops_of("backbone.stem")}
+    for s in range(len(backbone.stages)):
+        result[f"stage_{s + 1}"] = flops_of(f"backbone.stages.{s}")
+    if head is not None:
+        result["head"] = flops_of("head")
+    result["total"] = sum(result.values())
+    return result

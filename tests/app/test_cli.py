@@ -1,0 +1,141 @@
+"""End-to-end CLI runs on tiny generated data: every config parses, fit → test → predict, exact resume,
+checkpoints that rebuild themselves (weights_only), W&B offline, and learning well above chance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from app.cli import build_from_config, load_task, make_cli
+from tests.app.conftest import DEMO, DEMO_SEG, REPO, tiny_args
+
+EXPERIMENT_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
+def test_print_config(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        make_cli(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: app.tasks." in printed and "class_path: models.backbone.CentroidBackbone" in printed
+
+
+@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
+def test_every_config_instantiates(config: Path, in_tmp: Path) -> None:
+    """Model and data build from each config without touching data (real-data roots may be absent)."""
+    task, data = build_from_config(str(config))
+    assert task.backbone.in_channels == data.in_channels
+    logits_dim = getattr(task, "num_classes", None) or task.hparams["num_parts"]
+    assert logits_dim == (getattr(data, "num_classes", None) or data.num_parts)
+
+
+def _last_metrics(run_root: Path) -> dict:
+    files = sorted(run_root.rglob("test_metrics*.json"), key=lambda p: p.stat().st_mtime)
+    assert files, f"no test_metrics.json below {run_root}"
+    return json.loads(files[-1].read_text())
+
+
+def test_fit_test_predict_classification(in_tmp: Path, gen_cls_root: Path) -> None:
+    make_cli(["fit", "--config", DEMO, *tiny_args(gen_cls_root)])
+    ckpt = in_tmp / "runs/demo/checkpoints/last.ckpt"
+    assert ckpt.is_file() and any((in_tmp / "runs/demo/checkpoints").glob("best-*.ckpt"))
+
+    make_cli(["test", "--config", DEMO, *tiny_args(gen_cls_root), "--ckpt_path", str(ckpt)])
+    result = _last_metrics(in_tmp / "runs")
+    assert {"test/acc", "test/macc", "test/loss"} <= set(result["metrics"])
+    num_classes = len(result["names"])
+    assert len(result["details"]["confusion"]) == num_classes
+    assert sum(map(sum, result["details"]["confusion"])) == result["num_samples"]
+
+    # a checkpoint rebuilds its own model with nothing else at hand (weights_only load)
+    task = load_task(str(ckpt)).eval()
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, task.state_dict()[k]) for k, v in state.items())
+    pos = torch.randn(2, 128, 3)
+    with torch.no_grad():
+        assert task(pos, torch.nn.functional.normalize(pos, dim=-1)).shape == (2, num_classes)
+
+
+class _Crash(Callback):
+    """Simulates a killed run: raises when epoch ``at`` starts (after ``last.ckpt`` of the epoch before)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.current_epoch == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def _fit(args: list[str], ckpt_path: str | None = None, extra: Callback | None = None) -> LightningModule:
+    cli = make_cli(args, run=False)
+    if extra is not None:
+        cli.trainer.callbacks.append(extra)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
+    return cli.model
+
+
+def test_resume_after_crash_continues_identically(
+    tmp_path: Path, gen_cls_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--config", DEMO, *tiny_args(gen_cls_root, epochs=3)]
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    straight = _fit(args)
+
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(args, extra=_Crash(at=2))
+    resumed = _fit(args, ckpt_path="last")
+
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+def test_wandb_offline_run_has_logged_keys(in_tmp: Path, gen_cls_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    make_cli(["fit", "--config", DEMO, *tiny_args(gen_cls_root, epochs=1, csv=False)])
+    summaries = list((in_tmp / "runs/demo/wandb").glob("offline-run-*/files/wandb-summary.json"))
+    assert len(summaries) == 1, "expected one offline W&B run"
+    summary = json.loads(summaries[0].read_text())
+    assert {"train/loss", "val/acc", "val/macc", "epoch"} <= set(summary)
+    config = (summaries[0].parent / "config.yaml").read_text()
+    assert "CentroidBackbone" in config  # the resolved config is snapshotted into W&B
+
+
+def test_fit_segmentation(in_tmp: Path, gen_seg_root: Path) -> None:
+    seg_args = tiny_args(gen_seg_root)
+    make_cli(["fit", "--config", DEMO_SEG, *seg_args])
+    make_cli(["test", "--config", DEMO_SEG, *seg_args, "--ckpt_path", "last"])
+    result = _last_metrics(in_tmp / "runs")
+    assert {"test/miou_instance", "test/miou_class"} <= set(result["metrics"])
+    assert 0.0 < result["metrics"]["test/miou_instance"] <= 1.0
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Path) -> None:
+    """2 CPU processes (gloo): training runs, and test metrics equal a 1-process evaluation of the same checkpoint."""
+    base = [sys.executable, "-m", "app"]
+    tiny = tiny_args(gen_cls_root, epochs=1)
+    ddp = ["--config", str(REPO / "configs/trainer/ddp_cpu.yaml")]
+    env = {**__import__("os").environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    subprocess.run([*base, "fit", "--config", DEMO, *tiny, *ddp], check=True, env=env, timeout=600)
+    ckpt = str(in_tmp / "runs/demo/checkpoints/last.ckpt")
+    subprocess.run([*base, "test", "--config", DEMO, *tiny, *ddp, "--ckpt_path", ckpt], check=True, env=env, timeout=600)
+    two = _last_metrics(in_tmp / "runs")
+    subprocess.run([*base, "test", "--config", DEMO, *tiny, "--ckpt_path", ckpt], check=True, env=env, timeout=600)
+    one = _last_metrics(in_tmp / "runs")
+    assert one["num_samples"] == two["num_samples"]
+    for key in ("test/acc", "test/macc"):
+        assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-6), key
+    assert one["details"]["confusion"] == two["details"]["confusion"]

@@ -1,0 +1,198 @@
+"""Backbone: shapes and contract, invariances, edge sizes, errors, gradients, a 100k-point stage."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import pytest
+import torch
+
+from models.backbone import CentroidBackbone, CentroidStage
+from models.heads import ClassificationHead, SegmentationHead
+
+SMALL = dict(stem_width=16, num_centroids=[32, 16, 8], widths=[16, 24, 32], k=6, heads=2)
+
+
+def _cloud(b: int, n: int, seed: int, channels: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.rand(b, n, 3, generator=g)
+    return pos, (torch.randn(b, n, channels, generator=g) if channels else None)
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_contract_shapes_and_assignments(mode: str) -> None:
+    torch.manual_seed(0)
+    net = CentroidBackbone(in_channels=3, mode=mode, k_attn=8, self_attention_blocks=1, **SMALL)
+    assert net.out_channels == 32 and net.channels == [16, 16, 24, 32]
+    pos, x = _cloud(2, 64, 1, 3)
+    out = net.forward_features(pos, x, return_attention=True)
+    assert out.pos is pos and out.feat.shape == (2, 64, 16) and len(out.stages) == 3
+    n_in = 64
+    for s, (m, c) in zip(out.stages, [(32, 16), (16, 24), (8, 32)]):
+        assert s.pos.shape == (2, m, 3) and s.feat.shape == (2, m, c)
+        assert s.seed_idx.shape == (2, m) and s.seed_idx.dtype == torch.long
+        assert s.neighbors.shape == (2, m, 6) and s.neighbors.dtype == torch.long
+        assert s.attention.shape == ((2, 2, m, 8) if mode == "local" else (2, 2, m, n_in))
+        torch.testing.assert_close(s.attention.sum(-1), torch.ones(2, 2, m))
+        assert s.assignment.shape == (2, n_in) and s.assignment.min() >= 0 and s.assignment.max() < m
+        n_in = m
+    torch.testing.assert_close(net(pos, x), out.stages[-1].feat)  # SDPA path vs the weights-returning path
+    plain = net.forward_features(pos, x)
+    assert plain.stages[0].assignment is None and plain.stages[0].attention is None
+
+
+def test_centroids_sit_on_their_seeds() -> None:
+    net = CentroidBackbone(**SMALL)
+    pos, _ = _cloud(2, 64, 2)
+    out = net.forward_features(pos)
+    prev = pos
+    for s in out.stages:
+        assert torch.equal(s.pos, torch.gather(prev, 1, s.seed_idx.unsqueeze(-1).expand(-1, -1, 3)))
+        prev = s.pos
+
+
+def test_local_assignment_reaches_every_input() -> None:
+    # few centroids with few neighbours: many inputs lie in no neighbourhood and go to the nearest centroid
+    net = CentroidBackbone(stem_width=8, num_centroids=[4], widths=[8], k=2, heads=2)
+    pos, _ = _cloud(1, 40, 3)
+    stage = net.forward_features(pos, return_attention=True).stages[0]
+    nearest = torch.cdist(pos, stage.pos).argmin(-1)  # (1, 40)
+    seen = torch.zeros(40, dtype=torch.bool)
+    seen[stage.neighbors.flatten()] = True
+    assert torch.equal(stage.assignment[0, ~seen], nearest[0, ~seen])
+    assert torch.equal(stage.assignment[0, stage.seed_idx[0]], torch.arange(4))  # a seed sees itself most
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_point_order_and_batch_order_do_not_matter(mode: str) -> None:
+    torch.manual_seed(0)
+    net = CentroidBackbone(in_channels=3, mode=mode, self_attention_blocks=1, **SMALL).eval()
+    cls = ClassificationHead(net.out_channels, 5, hidden=[16]).eval()
+    seg = SegmentationHead(net.channels, 4, num_categories=3, hidden=16).eval()
+    pos, x = _cloud(3, 50, 4, 3)
+    cat = torch.tensor([0, 2, 1])
+    perm = torch.randperm(50, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = net.forward_features(pos, x)
+        out_p = net.forward_features(pos[:, perm], x[:, perm])
+        logits, logits_p = cls(out.stages[-1].feat), cls(out_p.stages[-1].feat)
+        parts, parts_p = seg(out, cat), seg(out_p, cat)
+        flip = torch.tensor([2, 0, 1])
+        logits_b = cls(net(pos[flip], x[flip]))
+    torch.testing.assert_close(logits_p, logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(parts_p, parts[:, perm], rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits_b, logits[flip], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "n, centroids, k",
+    [(1, [1], 1), (17, [17], 17), (17, [17, 1], 5), (17, [8, 4], 4), (5, [1], 5)],
+    ids=["N=1", "M=N=k=17", "M=N-then-M=1", "N=17", "M=1,k=N"],
+)
+def test_edge_sizes(n: int, centroids: list[int], k: int) -> None:
+    net = CentroidBackbone(stem_width=8, num_centroids=centroids, widths=[8] * len(centroids), k=k, heads=2)
+    cls = ClassificationHead(8, 3, hidden=[8])
+    seg = SegmentationHead(net.channels, 2, hidden=8)
+    pos, _ = _cloud(2, n, 6)
+    out = net.forward_features(pos, return_attention=True)
+    assert cls(out.stages[-1].feat).shape == (2, 3)
+    assert seg(out).shape == (2, n, 2)
+    assert out.stages[-1].feat.shape == (2, centroids[-1], 8) and torch.isfinite(out.stages[-1].feat).all()
+
+
+def test_global_mode_and_clustering_norm_run_and_differ() -> None:
+    pos, _ = _cloud(2, 40, 7)
+    torch.manual_seed(0)
+    a = CentroidBackbone(mode="global", **SMALL)
+    torch.manual_seed(0)
+    b = CentroidBackbone(mode="global", clustering_norm=True, **SMALL)
+    fa, fb = a(pos[:, :40]), b(pos[:, :40])
+    assert torch.isfinite(fb).all() and not torch.allclose(fa, fb)
+
+
+def test_random_sampling_draws_distinct_seeds() -> None:
+    net = CentroidBackbone(sampling="random", **SMALL)
+    out = net.forward_features(_cloud(2, 64, 8)[0])
+    for s in out.stages:
+        assert all(len(set(row.tolist())) == row.numel() for row in s.seed_idx)
+
+
+@pytest.mark.parametrize(
+    "kwargs, pos, x, match",
+    [
+        ({}, torch.rand(2, 20, 3), None, "stage 1: num_centroids=32 is larger than its number of inputs N=20"),
+        ({"num_centroids": [8, 4], "widths": [8, 8], "k": 10}, torch.rand(2, 20, 3), None, "stage 2: k=10"),
+        ({"k_attn": 40}, torch.rand(2, 36, 3), None, "k_attn=40"),
+        ({}, torch.full((2, 64, 3), float("nan")), None, "NaN"),
+        ({}, torch.rand(64, 3), None, r"\[B, N, 3\]"),
+        ({}, torch.rand(2, 64, 2), None, r"\[B, N, 3\]"),
+        ({}, torch.rand(2, 64, 3), torch.rand(2, 64, 3), "in_channels=0"),
+        ({"in_channels": 3}, torch.rand(2, 64, 3), torch.rand(2, 64, 6), r"\(2, 64, 3\)"),
+        ({"in_channels": 3}, torch.rand(2, 64, 3), None, "got None"),
+    ],
+)
+def test_errors(kwargs: dict, pos: torch.Tensor, x: torch.Tensor | None, match: str) -> None:
+    net = CentroidBackbone(**{**SMALL, **kwargs})
+    with pytest.raises(ValueError, match=match):
+        net.forward_features(pos, x)
+
+
+def test_constructor_errors() -> None:
+    with pytest.raises(ValueError, match="equal length"):
+        CentroidBackbone(num_centroids=[4, 2], widths=[8])
+    with pytest.raises(ValueError, match="sampling"):
+        CentroidBackbone(sampling="grid")
+    with pytest.raises(ValueError, match="divisible"):
+        CentroidBackbone(widths=[10, 256, 512], heads=4)
+
+
+@pytest.mark.parametrize("task", ["classification", "segmentation"])
+def test_gradients_reach_every_parameter(task: str) -> None:
+    torch.manual_seed(0)
+    net = CentroidBackbone(in_channels=3, self_attention_blocks=1, **SMALL)
+    pos, x = _cloud(2, 64, 9, 3)
+    if task == "classification":
+        head = ClassificationHead(net.out_channels, 4, hidden=[16], dropout=0.0)
+        loss = head(net(pos, x)).logsumexp(-1).sum()
+    else:
+        head = SegmentationHead(net.channels, 3, num_categories=2, hidden=16, dropout=0.0)
+        loss = head(net.forward_features(pos, x), torch.tensor([0, 1])).logsumexp(-1).sum()
+    loss.backward()
+    for name, p in [*net.named_parameters(), *head.named_parameters()]:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.slow
+def test_one_local_stage_on_100k_points() -> None:
+    """100 000 → 25 000 centroids, k = 16, width 32, local mode: runs in memory (times printed with -s).
+
+    Random seeds: the pure-torch FPS loop (25 000 sequential steps) dominates otherwise; its cost is the
+    neighbour-search engineer's to shrink.
+    """
+    torch.manual_seed(0)
+    stage = CentroidStage(16, 32, num_centroids=25_000, k=16, heads=2, sampling="random").eval()
+    pos, x = _cloud(1, 100_000, 10, 16)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = stage(pos, x, return_attention=True)
+    seconds = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"\n100k-point local stage: {seconds:.1f} s forward, process peak RSS {peak_gib:.2f} GiB")
+    assert out.feat.shape == (1, 25_000, 32) and torch.isfinite(out.feat).all()
+    assert out.assignment.shape == (1, 100_000) and out.assignment.min() >= 0
+    assert peak_gib < 8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_cuda_matches_cpu(mode: str) -> None:
+    torch.manual_seed(0)
+    net = CentroidBackbone(in_channels=3, mode=mode, **SMALL).eval()
+    head = SegmentationHead(net.channels, 4, hidden=16).eval()
+    pos, x = _cloud(2, 64, 11, 3)
+    with torch.no_grad():
+        cpu = head(net.forward_features(pos, x))
+        gpu = head.cuda()(net.cuda().forward_features(pos.cuda(), x.cuda()))
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)

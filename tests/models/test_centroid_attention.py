@@ -1,0 +1,202 @@
+"""Centroid attention against references written straight from the formula (paper.md §1–§3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from models.centroid_attention import CentroidAttention, CentroidAttentionBlock, hard_assignment
+from models.ops import knn
+
+B, M, N, C, H, K = 2, 5, 11, 8, 2, 4
+
+
+def _inputs(seed: int, dtype: torch.dtype = torch.float64, m: int = M, n: int = N, c_in: int = C):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(B, m, C, generator=g, dtype=dtype)
+    x = torch.randn(B, n, c_in, generator=g, dtype=dtype)
+    pos_u, pos_x = torch.rand(B, m, 3, generator=g, dtype=dtype), torch.rand(B, n, 3, generator=g, dtype=dtype)
+    return u, x, pos_u, pos_x, knn(pos_u, pos_x, K)
+
+
+def _lin(layer: nn.Linear, v: Tensor) -> Tensor:
+    return layer.weight @ v + layer.bias
+
+
+def _reference(attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clustering_norm: bool = False) -> tuple[Tensor, Tensor]:
+    """Loops over batch, centroid i, head and input j: a_ij = softmax_j(q_i·k_ij/√d), out_i = W_o Σ_j a_ij v_ij.
+
+    Returns the output [B, M, C] and the weights [B, h, M, J] (J = K local, N global).
+    """
+    h, d = attn.heads, attn.head_dim
+    out = torch.zeros(B, u.shape[1], C, dtype=u.dtype)
+    local = attn.mode == "local"
+    J = neighbors.shape[-1] if local else x.shape[1]
+    logits = torch.zeros(B, h, u.shape[1], J, dtype=u.dtype)
+    values = torch.zeros(B, u.shape[1], J, C, dtype=u.dtype)
+    for b in range(B):
+        for i in range(u.shape[1]):
+            q = _lin(attn.to_q, u[b, i])
+            for jj in range(J):
+                j = int(neighbors[b, i, jj]) if local else jj
+                k, v = _lin(attn.to_k, x[b, j]), _lin(attn.to_v, x[b, j])
+                if attn.pos_mlp is not None:  # δ_ij = W2 relu(W1 (p_j − p_i) + b1) + b2
+                    r = pos_x[b, j] - pos_u[b, i]
+                    delta = _lin(attn.pos_mlp[2], torch.relu(_lin(attn.pos_mlp[0], r)))
+                    k, v = k + delta, v + delta
+                values[b, i, jj] = v
+                for head in range(h):
+                    s = slice(head * d, (head + 1) * d)
+                    logits[b, head, i, jj] = q[s] @ k[s] / math.sqrt(d)
+    if not clustering_norm:
+        a = logits.softmax(-1)
+    else:  # softmax over the centroids that see input j, then renormalise over j
+        a = torch.zeros_like(logits)
+        for b in range(B):
+            for head in range(h):
+                for i in range(u.shape[1]):
+                    for jj in range(J):
+                        j = int(neighbors[b, i, jj]) if local else jj
+                        rivals = [
+                            logits[b, head, i2, jj2]
+                            for i2 in range(u.shape[1])
+                            for jj2 in range(J)
+                            if (int(neighbors[b, i2, jj2]) if local else jj2) == j
+                        ]
+                        a[b, head, i, jj] = logits[b, head, i, jj].exp() / torch.stack(rivals).exp().sum()
+        a = a / a.sum(-1, keepdim=True)
+    for b in range(B):
+        for i in range(u.shape[1]):
+            mixed = torch.cat([(a[b, head, i, :, None] * values[b, i, :, head * d : (head + 1) * d]).sum(0) for head in range(h)])
+            out[b, i] = _lin(attn.to_out, mixed)
+    return out, a
+
+
+def _randomise(module: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial values for every parameter (LayerNorm weights too), so that no term hides."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    return module
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+@pytest.mark.parametrize("pos_encoding", [True, False])
+@pytest.mark.parametrize("reference", [True, False])
+def test_step_equals_formula_float64(mode: str, pos_encoding: bool, reference: bool) -> None:
+    attn = _randomise(CentroidAttention(C, H, mode, pos_encoding, reference=reference, kv_dim=6).double(), 0)
+    u, x, pos_u, pos_x, nbr = _inputs(10, c_in=6)
+    out, weights = attn(u, x, pos_u, pos_x, nbr, return_attention=True)
+    fast, none = attn(u, x, pos_u, pos_x, nbr)
+    ref_out, ref_a = _reference(attn, u, x, pos_u, pos_x, nbr)
+    assert none is None
+    assert weights.shape == ((B, H, M, K) if mode == "local" else (B, H, M, N))
+    torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(fast, ref_out, rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(weights, ref_a, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode, pos_encoding", [("local", True), ("global", True), ("global", False)])
+def test_clustering_norm_equals_formula(mode: str, pos_encoding: bool) -> None:
+    attn = _randomise(CentroidAttention(C, H, mode, pos_encoding, clustering_norm=True).double(), 1)
+    u, x, pos_u, pos_x, nbr = _inputs(11)
+    out, weights = attn(u, x, pos_u, pos_x, nbr, return_attention=True)
+    ref_out, ref_a = _reference(attn, u, x, pos_u, pos_x, nbr, clustering_norm=True)
+    torch.testing.assert_close(weights, ref_a, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(out, ref_out, rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, H, M, dtype=torch.float64))
+    plain, _ = _randomise(CentroidAttention(C, H, mode, pos_encoding).double(), 1)(u, x, pos_u, pos_x, nbr)
+    assert not torch.allclose(out, plain)  # the option changes the maths
+
+
+@pytest.mark.parametrize("mode, pos_encoding", [("local", True), ("global", True), ("global", False)])
+def test_sdpa_path_equals_reference_path(mode: str, pos_encoding: bool) -> None:
+    fast = CentroidAttention(C, H, mode, pos_encoding)
+    ref = CentroidAttention(C, H, mode, pos_encoding, reference=True)
+    ref.load_state_dict(fast.state_dict())
+    u, x, pos_u, pos_x, nbr = _inputs(12, torch.float32)
+    torch.testing.assert_close(fast(u, x, pos_u, pos_x, nbr)[0], ref(u, x, pos_u, pos_x, nbr)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_m_equals_n_one_global_step_is_multihead_self_attention() -> None:
+    attn = CentroidAttention(C, H, "global", pos_encoding=False).double()
+    mha = nn.MultiheadAttention(C, H, batch_first=True).double()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]))
+        mha.in_proj_bias.copy_(torch.cat([attn.to_q.bias, attn.to_k.bias, attn.to_v.bias]))
+        mha.out_proj.weight.copy_(attn.to_out.weight)
+        mha.out_proj.bias.copy_(attn.to_out.bias)
+    x = _inputs(13)[1]
+    out, weights = attn(x, x, return_attention=True)
+    ref, ref_w = mha(x, x, x, average_attn_weights=False)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(weights, ref_w, rtol=1e-10, atol=1e-12)
+
+
+def test_block_with_t1_global_is_a_pre_norm_transformer_layer() -> None:
+    block = _randomise(CentroidAttentionBlock(C, H, steps=1, ffn_ratio=2.0, mode="global", pos_encoding=False).double(), 2)
+    layer = nn.TransformerEncoderLayer(C, H, 2 * C, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    layer = layer.double().eval()
+    with torch.no_grad():  # the block's two input norms both play the layer's norm1
+        block.norm_x.load_state_dict(block.norm_u.state_dict())
+        a = block.attn
+        layer.self_attn.in_proj_weight.copy_(torch.cat([a.to_q.weight, a.to_k.weight, a.to_v.weight]))
+        layer.self_attn.in_proj_bias.copy_(torch.cat([a.to_q.bias, a.to_k.bias, a.to_v.bias]))
+        layer.self_attn.out_proj.load_state_dict(a.to_out.state_dict())
+        layer.norm1.load_state_dict(block.norm_u.state_dict())
+        layer.norm2.load_state_dict(block.norm_ffn.state_dict())
+        layer.linear1.load_state_dict(block.ffn[0].state_dict())
+        layer.linear2.load_state_dict(block.ffn[3].state_dict())
+    x = _inputs(14)[1]
+    torch.testing.assert_close(block(x, x)[0], layer(x), rtol=1e-10, atol=1e-10)
+
+
+def test_steps_share_weights_and_unroll() -> None:
+    one = _randomise(CentroidAttentionBlock(C, H, steps=1, kv_dim=6).double(), 3)
+    three = CentroidAttentionBlock(C, H, steps=3, kv_dim=6).double()
+    three.load_state_dict(one.state_dict())  # same parameters whatever T is
+    u, x, pos_u, pos_x, nbr = _inputs(15, c_in=6)
+    manual = u
+    for _ in range(3):  # T steps with the inputs held fixed
+        update, _ = one.attn(one.norm_u(manual), one.norm_x(x), pos_u, pos_x, nbr)
+        manual = manual + update
+        manual = manual + one.ffn(one.norm_ffn(manual))
+    out, weights = three(u, x, pos_u, pos_x, nbr, return_attention=True)
+    torch.testing.assert_close(out, manual, rtol=1e-10, atol=1e-10)
+    assert weights.shape == (B, H, M, K)
+
+
+def test_block_gradients_reach_every_parameter() -> None:
+    block = CentroidAttentionBlock(C, H, steps=2, kv_dim=6)
+    u, x, pos_u, pos_x, nbr = _inputs(16, torch.float32, c_in=6)
+    u.requires_grad_(True)
+    block(u, x, pos_u, pos_x, nbr)[0].square().sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    assert torch.isfinite(u.grad).all()
+
+
+def test_hard_assignment() -> None:
+    # one batch, one head, 2 centroids with 2 neighbours each among 4 inputs; input 3 is seen by nobody
+    weights = torch.tensor([[[[0.7, 0.3], [0.6, 0.4]]]])  # (1, 1, 2, 2)
+    index = torch.tensor([[[0, 1], [1, 2]]])  # centroid 0 sees inputs 0, 1; centroid 1 sees 1, 2
+    assert hard_assignment(weights, index, 4).tolist() == [[0, 1, 1, -1]]  # input 1: 0.3 < 0.6
+    dense = torch.tensor([[[[0.2, 0.9], [0.8, 0.1]]]])  # global: (1, 1, M=2, N=2)
+    assert hard_assignment(dense, None, 2).tolist() == [[1, 0]]
+
+
+def test_errors_and_repr() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        CentroidAttention(10, 3)
+    with pytest.raises(ValueError, match="mode"):
+        CentroidAttention(8, 2, mode="nearby")
+    u, x, pos_u, pos_x, _ = _inputs(17, torch.float32)
+    with pytest.raises(ValueError, match="neighbors"):
+        CentroidAttention(C, H)(u, x, pos_u, pos_x)
+    with pytest.raises(ValueError, match="pos_u"):
+        CentroidAttention(C, H, mode="global")(u, x)
+    assert "mode=local" in repr(CentroidAttention(C, H)) and "steps=2" in repr(CentroidAttentionBlock(C, H))
