@@ -1,0 +1,59 @@
+"""What the ModelNet and ShapeNetPart DataModules share: cache location, datasets of the batch contract, loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from datamodules.dataset import PointCloudDataset
+from datamodules.transforms import Augment
+
+
+class PointCloudDataModule(LightningDataModule):
+    """Holds train/val/test ``PointCloudDataset`` s and turns them into loaders (predict = test)."""
+
+    def __init__(
+        self, root: str, batch_size: int, num_workers: int, augment: Augment | None, cache_dir: str | None
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.augment = augment
+        self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
+        self.datasets: dict[str, PointCloudDataset] = {}
+
+    def _dataset(self, arrays: dict[str, np.ndarray], indices: np.ndarray | None, train: bool) -> PointCloudDataset:
+        return PointCloudDataset(arrays, indices, self.use_normals, self.augment if train else None)
+
+    def _loader(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            self.setup("fit" if split in ("train", "val") else "test")
+        ds = self.datasets[split]
+        if len(ds) == 0:
+            raise ValueError(f"the {split} split of {self.root} is empty")
+        train = split == "train"
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) > self.batch_size,  # no last batch of 1 (BatchNorm)
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test")

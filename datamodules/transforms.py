@@ -1,0 +1,81 @@
+"""Point transforms: unit-sphere normalisation and the standard training augmentations.
+
+All operate on one sample (``pos [N, 3]``, optional ``normal [N, 3]``, optional per-point ``part [N]``) with
+torch's global RNG, which Lightning's ``seed_everything`` and the DataLoader's per-worker seeding make reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def normalize_unit_sphere(pos: np.ndarray) -> np.ndarray:
+    """Centre ``[..., N, 3]`` clouds on their mean and scale them so the farthest point has norm 1."""
+    pos = pos - pos.mean(axis=-2, keepdims=True)
+    radius = np.linalg.norm(pos, axis=-1).max(axis=-1)[..., None, None]
+    return (pos / np.where(radius > 0, radius, 1)).astype(np.float32)
+
+
+@dataclass
+class Augment:
+    """Training augmentations (never applied at val/test/predict). Defaults follow PointNet++/DGCNN practice.
+
+    Attributes:
+        scale: range of the per-axis (anisotropic) scale factors; ``None`` disables.
+        translate: per-axis shift drawn from ``[-translate, translate]``; 0 disables.
+        jitter_sigma: std of the per-point Gaussian noise; 0 disables.
+        jitter_clip: the noise is clipped to ``[-jitter_clip, jitter_clip]``.
+        rotate_up: random rotation about the up axis (y in ModelNet/ShapeNet files).
+        dropout_max: each sample drops a ratio ``U(0, dropout_max)`` of its points, replacing them by its first
+            point (N stays fixed); 0 disables.
+        shuffle: permute the point order.
+    """
+
+    scale: tuple[float, float] | None = (0.8, 1.25)
+    translate: float = 0.1
+    jitter_sigma: float = 0.01
+    jitter_clip: float = 0.05
+    rotate_up: bool = False
+    dropout_max: float = 0.875
+    shuffle: bool = True
+
+    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Augment one sample's ``pos``/``normal``/``part`` (a new dict; the input is not modified)."""
+        s = dict(sample)
+        pos, normal = s["pos"], s.get("normal")
+        n = pos.shape[0]
+        per_point = [k for k in ("pos", "normal", "part") if k in s]
+        if self.shuffle:
+            perm = torch.randperm(n)
+            for k in per_point:
+                s[k] = s[k][perm]
+        if self.dropout_max > 0:
+            drop = torch.rand(n) < torch.rand(()) * self.dropout_max
+            for k in per_point:
+                s[k] = torch.where(drop.view(-1, *[1] * (s[k].dim() - 1)), s[k][:1], s[k])
+        pos, normal = s["pos"], s.get("normal")
+        if self.rotate_up:
+            t = torch.rand(()) * 2 * math.pi
+            c, si = torch.cos(t).item(), torch.sin(t).item()
+            rot = torch.tensor([[c, 0.0, si], [0.0, 1.0, 0.0], [-si, 0.0, c]])
+            pos = pos @ rot.T
+            normal = None if normal is None else normal @ rot.T
+        if self.scale is not None:
+            lo, hi = self.scale
+            factor = lo + torch.rand(3) * (hi - lo)
+            pos = pos * factor
+            if normal is not None:  # normals transform with the inverse transpose
+                normal = torch.nn.functional.normalize(normal / factor, dim=-1)
+        if self.translate > 0:
+            pos = pos + (torch.rand(3) * 2 - 1) * self.translate
+        if self.jitter_sigma > 0:
+            pos = pos + (torch.randn_like(pos) * self.jitter_sigma).clamp(-self.jitter_clip, self.jitter_clip)
+        s["pos"] = pos
+        if normal is not None:
+            s["normal"] = normal
+        return s
