@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -42,8 +41,10 @@ class PointCloudDataModule(LightningDataModule):
             shuffle=train,
             drop_last=train and len(ds) > self.batch_size,  # no last batch of 1 (BatchNorm)
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            # Shuffling and the workers' augmentation seeds come from the global torch RNG (seeded by
+            # seed_everything and restored from checkpoints), with workers re-created every epoch:
+            # a resumed run then continues exactly like an uninterrupted one.
+            persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:
