@@ -93,3 +93,48 @@ class TestMetricsWriter(Callback):
         loaders = trainer.test_dataloaders
         loader = loaders[0] if isinstance(loaders, Sequence) else loaders
         return len(loader.dataset) if loader is not None and hasattr(loader.dataset, "__len__") else None
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes the results of ``predict`` into the run folder and prints the path.
+
+    Classification: ``predictions.json`` with, per input, the predicted class and every class probability.
+    Segmentation: ``predictions.json`` with the per-point part ids, plus one ``<name>_parts.ply`` per
+    input with points coloured by predicted part. Under DDP each rank writes its own ``-rank<r>`` file.
+    """
+
+    def __init__(self, filename: str = "predictions.json") -> None:
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+        self.path: Path | None = None
+
+    def write_on_epoch_end(
+        self, trainer: Trainer, pl_module: LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
+    ) -> None:
+        from app.render import centroid_colors, write_ply  # Open3D only when predicting
+
+        loader = trainer.predict_dataloaders
+        dataset = (loader[0] if isinstance(loader, Sequence) else loader).dataset
+        names = getattr(dataset, "names", None)
+        directory = run_dir(trainer)
+        rank = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        out = fresh_path(directory / f"{Path(self.filename).stem}{rank}{Path(self.filename).suffix}")
+        class_names = getattr(pl_module, "class_names", None)
+        rows = []
+        for batch in predictions:
+            for i, index in enumerate(batch["index"].tolist()):
+                name = names[index] if names else f"sample {index}"
+                if "probs" in batch:
+                    probs = batch["probs"][i].tolist()
+                    pred = int(batch["pred"][i])
+                    rows.append({"input": name, "class": class_names[pred], "class_index": pred,
+                                 "probabilities": dict(zip(class_names, probs))})
+                else:
+                    part = batch["part"][i].cpu().numpy()
+                    ply = fresh_path(directory / f"{Path(name).stem.replace(' ', '_')}_parts.ply")
+                    write_ply(ply, batch["pos"][i].cpu().numpy(), centroid_colors(int(part.max()) + 1)[part])
+                    rows.append({"input": name, "parts": part.tolist(), "ply": str(ply)})
+        directory.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=1))
+        self.path = out
+        print(f"predictions of {len(rows)} input(s) written to {out}")

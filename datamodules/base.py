@@ -9,6 +9,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
 from datamodules.dataset import PointCloudDataset
+from datamodules.files import PointFilesDataset
 from datamodules.transforms import Augment
 
 
@@ -16,9 +17,16 @@ class PointCloudDataModule(LightningDataModule):
     """Holds train/val/test ``PointCloudDataset`` s and turns them into loaders (predict = test)."""
 
     def __init__(
-        self, root: str, batch_size: int, num_workers: int, augment: Augment | None, cache_dir: str | None
+        self,
+        root: str,
+        batch_size: int,
+        num_workers: int,
+        augment: Augment | None,
+        cache_dir: str | None,
+        predict_files: list[str] | None = None,
     ) -> None:
         super().__init__()
+        self.predict_files = predict_files
         self.root = Path(root)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = augment
@@ -56,5 +64,21 @@ class PointCloudDataModule(LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
 
+    def files_only(self, stage: str | None) -> bool:
+        """True when this module serves ``predict_files`` (then no data set is prepared or read)."""
+        if self.predict_files and stage not in ("predict", None):
+            raise ValueError(f"predict_files is for the predict command, not for {stage!r}: unset it")
+        return bool(self.predict_files)
+
+    def _category_index(self) -> int | None:
+        """The object category of the predicted files (segmentation); ``None`` for classification."""
+        return None
+
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        """The test split, or the user's ``predict_files`` when given."""
+        if not self.predict_files:
+            return self._loader("test")
+        files = PointFilesDataset(
+            self.predict_files, self.num_points, self.use_normals, self.sampling, self._category_index()
+        )
+        return DataLoader(files, batch_size=self.batch_size, num_workers=self.num_workers)

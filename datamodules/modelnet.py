@@ -56,6 +56,7 @@ class ModelNetDataModule(PointCloudDataModule):
         mesh_points: points sampled from each raw ``.off`` mesh before resampling to N.
         cache_dir: where preprocessed splits are cached (default ``<root>/.cache``).
         generator: sizes of the generated data set.
+        predict_files: user files (``.off .ply .txt .npy .h5``) that ``predict`` runs on instead of the test split.
     """
 
     def __init__(
@@ -76,8 +77,9 @@ class ModelNetDataModule(PointCloudDataModule):
         mesh_points: int = DEFAULT_MESH_POINTS,
         cache_dir: str | None = None,
         generator: GeneratorConfig = GeneratorConfig(),
+        predict_files: list[str] | None = None,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, augment, cache_dir)
+        super().__init__(root, batch_size, num_workers, augment, cache_dir, predict_files)
         self.save_hyperparameters()
         self.format, self.name, self.num_points = format, name, num_points
         self.use_normals, self.sampling, self.download = use_normals, sampling, download
@@ -115,6 +117,8 @@ class ModelNetDataModule(PointCloudDataModule):
 
     def prepare_data(self) -> None:
         """Generate or download the data if needed, then build the caches (once, on rank 0 under DDP)."""
+        if self.predict_files:
+            return
         fmt = self._resolved_format()
         if self.format == "generated":
             generate(self.root, "modelnet", self.generator)
@@ -154,6 +158,8 @@ class ModelNetDataModule(PointCloudDataModule):
         return arrays
 
     def setup(self, stage: str | None = None) -> None:
+        if self.files_only(stage):
+            return
         if self.format == "generated" and not (self.root / "GENERATED.json").is_file():
             generate(self.root, "modelnet", self.generator)
         if stage in ("fit", "validate", None) and "train" not in self.datasets:

@@ -36,7 +36,8 @@ class ShapeNetPartDataModule(PointCloudDataModule):
         format: ``txt``, ``hdf5``, ``generated`` or ``auto`` (detected from ``root``).
         categories: category names to use (``None``: all); ids stay global.
         num_points, use_normals, sampling, batch_size, num_workers, download, augment, seed, missing_files,
-        cache_dir, generator: as in ``ModelNetDataModule``.
+        cache_dir, generator, predict_files: as in ``ModelNetDataModule``.
+        predict_category: the object category (name) of the ``predict_files``.
 
     Attributes (available right after ``__init__``): ``num_parts``, ``num_categories``, ``category_names``,
     ``part_mask`` (bool ``[num_categories, num_parts]``), ``in_channels``.
@@ -58,8 +59,10 @@ class ShapeNetPartDataModule(PointCloudDataModule):
         missing_files: MissingPolicy = "error",
         cache_dir: str | None = None,
         generator: GeneratorConfig = GeneratorConfig(),
+        predict_files: list[str] | None = None,
+        predict_category: str | None = None,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, augment, cache_dir)
+        super().__init__(root, batch_size, num_workers, augment, cache_dir, predict_files)
         self.save_hyperparameters()
         self.format, self.num_points, self.use_normals = format, num_points, use_normals
         self.sampling, self.download, self.seed = sampling, download, seed
@@ -73,6 +76,12 @@ class ShapeNetPartDataModule(PointCloudDataModule):
             self.part_mask[i, list(c.parts)] = True
         self.selected: list[int] = self._select(categories)
         self.in_channels: int = 3 if use_normals else 0
+        self.predict_category = predict_category
+        if predict_files and predict_category is None:
+            raise ValueError(f"predict_files need predict_category: one of {self.category_names}")
+
+    def _category_index(self) -> int | None:
+        return None if self.predict_category is None else self._select([self.predict_category])[0]
 
     def _resolved_format(self) -> str | None:
         if self.format != "auto":
@@ -97,6 +106,8 @@ class ShapeNetPartDataModule(PointCloudDataModule):
 
     def prepare_data(self) -> None:
         """Generate or download the data if needed, then build the caches (once, on rank 0 under DDP)."""
+        if self.predict_files:
+            return
         fmt = self._resolved_format()
         if self.format == "generated":
             generate(self.root, "shapenetpart", self.generator)
@@ -135,6 +146,8 @@ class ShapeNetPartDataModule(PointCloudDataModule):
         return arrays
 
     def setup(self, stage: str | None = None) -> None:
+        if self.files_only(stage):
+            return
         if self.format == "generated" and not (self.root / "GENERATED.json").is_file():
             generate(self.root, "shapenetpart", self.generator)
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}

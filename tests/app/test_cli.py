@@ -11,6 +11,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import open3d as o3d
 import pytest
 import torch
 import wandb
@@ -58,6 +59,16 @@ def test_fit_test_predict_classification(in_tmp: Path, gen_cls_root: Path) -> No
     assert len(result["details"]["confusion"]) == num_classes
     assert sum(map(sum, result["details"]["confusion"])) == result["num_samples"]
 
+    # predict on user files of every kind: one results file, every input named, probabilities summing to 1
+    files = _user_files(in_tmp / "inputs")
+    make_cli(["predict", "--config", DEMO, *tiny_args(gen_cls_root), "--ckpt_path", str(ckpt),
+              "--data.init_args.predict_files", json.dumps([str(f) for f in files])])  # fmt: skip
+    (result_file,) = (in_tmp / "runs").rglob("predictions.json")
+    rows = json.loads(result_file.read_text())
+    assert [r["input"] for r in rows] == [str(f) for f in files]
+    for row in rows:
+        assert row["class"] in result["names"] and sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+
     # a checkpoint rebuilds its own model with nothing else at hand (weights_only load)
     task = load_task(str(ckpt)).eval()
     state = torch.load(ckpt, weights_only=True)["state_dict"]
@@ -65,6 +76,24 @@ def test_fit_test_predict_classification(in_tmp: Path, gen_cls_root: Path) -> No
     pos = torch.randn(2, 128, 3)
     with torch.no_grad():
         assert task(pos, torch.nn.functional.normalize(pos, dim=-1)).shape == (2, num_classes)
+
+
+def _user_files(folder: Path) -> list[Path]:
+    """A small cloud in each user format the ``predict`` command accepts (.off .ply .txt .npy .h5)."""
+    from app.render import write_ply
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    pos = rng.normal(size=(300, 3)).astype(np.float32)
+    np.save(folder / "cloud.npy", pos)
+    np.savetxt(folder / "cloud.txt", np.hstack([pos, pos / np.linalg.norm(pos, axis=1, keepdims=True)]), delimiter=",")
+    write_ply(folder / "cloud.ply", pos)
+    with h5py.File(folder / "cloud.h5", "w") as f:
+        f["data"] = pos[None]
+    cube = "OFF\n8 6 0\n" + "".join(f"{x} {y} {z}\n" for x in (0, 1) for y in (0, 1) for z in (0, 1))
+    cube += "4 0 1 3 2\n4 4 6 7 5\n4 0 4 5 1\n4 2 3 7 6\n4 0 2 6 4\n4 1 5 7 3\n"
+    (folder / "cube.off").write_text(cube)
+    return sorted(folder.iterdir())
 
 
 class _Crash(Callback):
@@ -126,6 +155,20 @@ def test_fit_segmentation(in_tmp: Path, gen_seg_root: Path) -> None:
     result = _last_metrics(in_tmp / "runs")
     assert {"test/miou_instance", "test/miou_class"} <= set(result["metrics"])
     assert 0.0 < result["metrics"]["test/miou_instance"] <= 1.0
+
+    # per-point part labels of a user file, written back as a coloured .ply
+    cloud = in_tmp / "cloud.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(400, 3)).astype(np.float32))
+    category = result["names"][0]
+    make_cli(["predict", "--config", DEMO_SEG, *seg_args, "--ckpt_path", "last",
+              "--data.init_args.predict_files", json.dumps([str(cloud)]),
+              "--data.init_args.predict_category", category])  # fmt: skip
+    (row,) = json.loads(next((in_tmp / "runs").rglob("predictions.json")).read_text())
+    task = load_task(str(in_tmp / "runs/demo_seg/checkpoints/last.ckpt"))
+    allowed = set(torch.nonzero(task.part_mask[task.category_names.index(category)]).flatten().tolist())
+    assert len(row["parts"]) == 128 and set(row["parts"]) <= allowed
+    ply = o3d.io.read_point_cloud(row["ply"])
+    assert len(ply.points) == 128 and ply.has_colors()
 
 
 def _odd_h5_copy(gen_root: Path, out: Path) -> Path:

@@ -1,0 +1,84 @@
+"""User files as samples of the batch contract: ``predict`` on files and the visualiser read them here.
+
+A file is read (``datamodules.io.read_points``), reduced to ``num_points`` with the data sets' own
+sampling, and normalised to the unit sphere, exactly like the training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from datamodules.io import read_points
+from datamodules.sampling import Sampling, select_points
+from datamodules.transforms import normalize_unit_sphere
+
+#: Neighbours used to estimate normals of files that have none (when the model expects normals).
+NORMAL_NEIGHBORS = 16
+
+
+def estimate_normals(pos: np.ndarray, k: int = NORMAL_NEIGHBORS) -> np.ndarray:
+    """Unit normals ``[N, 3]`` from the ``k`` nearest neighbours (Open3D), oriented away from the centre."""
+    import open3d as o3d
+
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pos.astype(np.float64)))
+    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(k))
+    normal = np.asarray(cloud.normals)
+    flip = np.sum(normal * (pos - pos.mean(0)), axis=1) < 0
+    normal[flip] *= -1
+    return normal.astype(np.float32)
+
+
+def load_file_sample(
+    path: str | Path,
+    num_points: int,
+    use_normals: bool,
+    sampling: Sampling = "fps",
+    category: int | None = None,
+    seed: int = 0,
+) -> dict[str, Tensor]:
+    """One user file (``.off .ply .txt .npy .h5``) as an unbatched sample ``{pos, [normal], [category]}``.
+
+    Normals are estimated when the model needs them and the file has none. Errors name the file.
+    """
+    cloud = read_points(path, seed=seed)
+    pos, normal = cloud["pos"], cloud["normal"]
+    row = select_points([pos], num_points, sampling, np.random.default_rng(seed))[0]
+    pos = normalize_unit_sphere(pos[row])
+    sample = {"pos": torch.from_numpy(pos)}
+    if use_normals:
+        normal = estimate_normals(pos) if normal is None else normal[row]
+        sample["normal"] = torch.from_numpy(np.ascontiguousarray(normal, np.float32))
+    if category is not None:
+        sample["category"] = torch.tensor(category, dtype=torch.long)
+    return sample
+
+
+class PointFilesDataset(Dataset[dict[str, Tensor]]):
+    """Samples of a list of user files, with ``index`` = position in the list and ``names`` = the paths."""
+
+    def __init__(
+        self,
+        files: Sequence[str | Path],
+        num_points: int,
+        use_normals: bool,
+        sampling: Sampling = "fps",
+        category: int | None = None,
+    ) -> None:
+        if not files:
+            raise ValueError("no files given to predict on")
+        self.names = [str(f) for f in files]
+        self.num_points, self.use_normals, self.sampling, self.category = num_points, use_normals, sampling, category
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        sample = load_file_sample(self.names[i], self.num_points, self.use_normals, self.sampling, self.category)
+        sample["index"] = torch.tensor(i, dtype=torch.long)
+        return sample
