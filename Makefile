@@ -19,13 +19,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Open3D's headless renderer (Filament on llvmpipe) needs these Debian libraries.
+# Open3D needs libusb; its headless rendering (hidden-window Visualizer on an EGL context, Mesa llvmpipe)
+# needs the EGL/GL libraries. Installed when missing and we are root with apt; otherwise a hint.
+SYSTEM_LIBS := libusb-1.0-0 libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri
 system-libs:
-	@if ldconfig -p | grep -q libvulkan.so.1 && ldconfig -p | grep -q libusb-1.0.so.0 && ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then :; \
+	@missing=$$(for p in $(SYSTEM_LIBS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  echo "installing Open3D's headless rendering libraries (libusb-1.0-0 libvulkan1 mesa-vulkan-drivers)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libusb-1.0-0 libvulkan1 mesa-vulkan-drivers >/dev/null; \
-	else echo "note: for PNG rendering install libusb-1.0-0 libvulkan1 mesa-vulkan-drivers (sudo apt-get install ...); .ply files are written regardless"; fi
+	  echo "installing Open3D's system libraries: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else echo "note: for PNG rendering install $$missing (sudo apt-get install ...); .ply files are written regardless"; fi
 
 demo: setup
 	$(PY) -m app.demo

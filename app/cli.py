@@ -6,12 +6,13 @@ input channels, the part table) are linked from the data module into the model, 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 import yaml
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from app.callbacks import fresh_path, run_dir
 
@@ -59,18 +60,21 @@ class CentroidCLI(LightningCLI):
 
 def make_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> CentroidCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, ``None`` = ``sys.argv``."""
-    return CentroidCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=RunConfigSaver,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"save_to_log_dir": False},
-        args=args,
-        run=run,
-        **kwargs,
-    )
+    with warnings.catch_warnings():
+        if args is not None:  # a tool or test passing its own args: its sys.argv is not for the CLI
+            warnings.filterwarnings("ignore", "LightningCLI's args parameter is intended")
+        return CentroidCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=RunConfigSaver,
+            save_config_kwargs={"save_to_log_dir": False},
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+            **kwargs,
+        )
 
 
 def build_from_config(config: str, overrides: list[str] | None = None) -> tuple[LightningModule, LightningDataModule]:

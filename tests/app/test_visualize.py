@@ -1,0 +1,115 @@
+"""``python -m app.visualize`` end to end on a tiny generated data set and on user files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import pytest
+import yaml
+from PIL import Image
+
+from app import render, visualize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> str:
+    """configs/demo.yaml with a tiny generated data set in a temporary folder and no logger."""
+    tmp = tmp_path_factory.mktemp("vis")
+    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
+    cfg["trainer"]["logger"] = False
+    cfg["trainer"]["callbacks"] = []
+    data = cfg["data"]["init_args"]
+    data.update(root=str(tmp / "generated"), num_workers=0, num_points=256)
+    data["generator"] = {"train_per_class": 1, "val_per_class": 1, "test_per_class": 1, "points": 512}
+    backbone = cfg["model"]["init_args"]["backbone"]["init_args"]
+    backbone.update(num_centroids=[64, 16, 4], k=8)
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def _run(*args: str) -> dict[str, list[Path]]:
+    return visualize.main(list(args))
+
+
+def test_cli_on_generated_data(tiny_config, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    paths = _run("--config", tiny_config, "--split", "test", "--index", "0", "--out", str(out), "--size", "200", "160", "--neighbors")
+    printed = capsys.readouterr().out
+    assert "predicted:" in printed and "untrained" in printed
+    assert len(paths["ply"]) == 6  # points + centroids per stage
+    counts = [len(o3d.io.read_point_cloud(str(p)).points) for p in paths["ply"]]
+    assert counts == [256, 64, 256, 16, 256, 4]
+    for p in paths["ply"]:
+        assert str(p) in printed
+    if render.renderer_problem() is None:
+        assert [p.name for p in paths["png"]] == ["stage1.png", "stage2.png", "stage3.png"]
+        for p in paths["png"]:
+            img = np.asarray(Image.open(p).convert("RGB"), dtype=np.float64)
+            assert img.shape == (160, 200, 3) and img.std() > 20
+        assert paths["grid"][0].is_file()
+
+
+def test_colours_in_the_ply_follow_the_assignments(tiny_config, tmp_path) -> None:
+    task, datamodule = visualize.load_model(None, tiny_config)
+    sample = visualize.sample_from_split(datamodule, "test", 1)
+    a = visualize.analyse(task, sample, "x", trained=False)
+    paths = visualize.render_analysis(a, tmp_path, (64, 48))
+    _, cent_colors = render.stage_point_colors(a.stages)
+    chained = render.chain_assignments([s.assignment for s in a.stages])
+    for s in range(len(a.stages)):
+        pts = o3d.io.read_point_cloud(str(tmp_path / f"stage{s + 1}_points.ply"))
+        cen = o3d.io.read_point_cloud(str(tmp_path / f"stage{s + 1}_centroids.ply"))
+        np.testing.assert_allclose(np.asarray(pts.colors), cent_colors[s][chained[s]], atol=1 / 255)
+        np.testing.assert_allclose(np.asarray(cen.colors), cent_colors[s], atol=1 / 255)
+        np.testing.assert_allclose(np.asarray(cen.points), a.stages[s].centroids, atol=1e-6)
+    assert len(paths["ply"]) == 2 * len(a.stages)
+
+
+def test_cli_on_a_user_file_without_normals(tiny_config, tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    cloud = rng.normal(size=(1000, 3)).astype(np.float32)
+    np.save(tmp_path / "blob.npy", cloud)
+    paths = _run("--config", tiny_config, "--file", str(tmp_path / "blob.npy"), "--out", str(tmp_path / "o"), "--size", "64", "48")
+    assert len(o3d.io.read_point_cloud(str(paths["ply"][0])).points) == 256  # resampled to the config's N
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [("bad.txt", "1,2,3\n4,5\n", "line 2"), ("empty.txt", "", "empty"), ("x.npy", None, "file not found")],
+)
+def test_bad_input_files_get_a_clear_error(tiny_config, tmp_path, name, content, message) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit, match=rf"error: .*{name}.*{message}"):
+        _run("--config", tiny_config, "--file", str(path), "--out", str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()  # nothing written for a failed run
+
+
+def test_refuses_to_overwrite_a_non_empty_folder(tiny_config, tmp_path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="not empty: pass --overwrite"):
+        _run("--config", tiny_config, "--out", str(out))
+    assert (out / "notes.txt").read_text() == "keep me"
+    _run("--config", tiny_config, "--out", str(out), "--overwrite", "--size", "64", "48")
+    assert (out / "notes.txt").read_text() == "keep me" and (out / "stage1_points.ply").is_file()
+
+
+def test_default_output_folder_is_always_fresh(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(visualize, "DEFAULT_OUT_ROOT", tmp_path)
+    (tmp_path / "shape").mkdir()
+    assert visualize.prepare_out_dir(None, "shape") == tmp_path / "shape-1"
+
+
+def test_ply_files_are_written_when_the_renderer_cannot_start(tiny_config, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(render, "renderer_problem", lambda: "exit code 1: no EGL")
+    paths = _run("--config", tiny_config, "--out", str(tmp_path / "o"))
+    assert paths["png"] == [] and paths["grid"] == [] and len(paths["ply"]) == 6
+    assert "no PNGs: Open3D's offscreen renderer cannot start (exit code 1: no EGL)" in capsys.readouterr().err
