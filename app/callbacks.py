@@ -138,3 +138,74 @@ class PredictionWriter(BasePredictionWriter):
         out.write_text(json.dumps(rows, indent=1))
         self.path = out
         print(f"predictions of {len(rows)} input(s) written to {out}")
+
+
+class WandbPanels(Callback):
+    """What W&B shows beyond scalars (rank 0 only, and only with a ``WandbLogger``).
+
+    Every ``every_n_epochs`` validation epochs and at the last one: ``wandb.Object3D`` point clouds of
+    ``num_shapes`` fixed validation shapes, one per stage, coloured by centroid assignment with the
+    centroids in full colour, plus the rendered PNG grid as ``wandb.Image`` (the same pictures as
+    ``python -m app.visualize``). After ``test``: a per-class (or per-category) table and the confusion matrix.
+    """
+
+    def __init__(self, every_n_epochs: int = 5, num_shapes: int = 1, max_points: int = 2048, png: bool = True) -> None:
+        self.every_n_epochs, self.num_shapes, self.max_points, self.png = every_n_epochs, num_shapes, max_points, png
+
+    def _due(self, trainer: Trainer) -> bool:
+        epoch = trainer.current_epoch
+        return (epoch + 1) % self.every_n_epochs == 0 or epoch + 1 == trainer.max_epochs
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not isinstance(trainer.logger, WandbLogger):
+            return
+        if self._due(trainer):
+            self._log_centroids(trainer, pl_module)
+
+    def _log_centroids(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        import tempfile
+
+        import wandb
+        from PIL import Image
+
+        from app import render
+        from app.visualize import analyse, render_analysis
+
+        loaders = trainer.val_dataloaders
+        dataset = (loaders[0] if isinstance(loaders, Sequence) else loaders).dataset
+        panels: dict[str, Any] = {}
+        for index in range(min(self.num_shapes, len(dataset))):
+            sample = {k: v.to(pl_module.device) for k, v in dataset[index].items()}
+            a = analyse(pl_module, sample, f"val shape {index} · epoch {trainer.current_epoch}")
+            point_colors, cent_colors = render.stage_point_colors(a.stages)
+            for s, stage in enumerate(a.stages, start=1):
+                cloud = render.wandb_object3d_payload(
+                    a.points, point_colors[s - 1], stage.centroids, cent_colors[s - 1], max_points=self.max_points
+                )
+                panels[f"val/centroids/shape{index}/stage{s}"] = wandb.Object3D(cloud)
+            if self.png:
+                with tempfile.TemporaryDirectory() as tmp:
+                    grid = render_analysis(a, tmp)["grid"]
+                    if grid:  # read now: W&B copies the file only when the panel is logged
+                        image = np.asarray(Image.open(grid[0]).convert("RGB"))
+                        panels[f"val/centroids/shape{index}/grid"] = wandb.Image(image, caption=a.title)
+        trainer.logger.experiment.log({**panels, "trainer/global_step": trainer.global_step})
+
+    @rank_zero_only
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not isinstance(trainer.logger, WandbLogger):
+            return
+        import wandb
+
+        results = getattr(pl_module, "test_results", {})
+        names = getattr(pl_module, "class_names", None) or getattr(pl_module, "category_names", [])
+        per_name = results.get("acc_per_class", results.get("miou_per_category"))
+        log: dict[str, Any] = {}
+        if per_name is not None:
+            column = "accuracy" if "acc_per_class" in results else "mIoU"
+            log["test/per_class"] = wandb.Table(columns=["name", column], data=[[n, _plain(v)] for n, v in zip(names, per_name)])
+        if "confusion" in results:
+            rows = [[t, p, int(c)] for t, row in zip(names, results["confusion"].tolist()) for p, c in zip(names, row)]
+            log["test/confusion_matrix"] = wandb.Table(columns=["true", "predicted", "count"], data=rows)
+        if log:
+            trainer.logger.experiment.log(log)

@@ -33,6 +33,13 @@ class PointCloudDataModule(LightningDataModule):
         self.cache_dir = Path(cache_dir) if cache_dir else self.root / ".cache"
         self.datasets: dict[str, PointCloudDataset] = {}
 
+    def __repr__(self) -> str:
+        # Lightning's default str() builds every dataloader, which would generate or read the data
+        # (jsonargparse calls it while linking arguments).
+        return f"{type(self).__name__}(root={str(self.root)!r})"
+
+    __str__ = __repr__
+
     def _dataset(self, arrays: dict[str, np.ndarray], indices: np.ndarray | None, train: bool) -> PointCloudDataset:
         return PointCloudDataset(arrays, indices, self.use_normals, self.augment if train else None)
 

@@ -2,12 +2,27 @@
 
 Batched ``[B, N, C]`` tensors throughout. Indices are ``torch.long``. No compiled kernels: these
 run wherever torch runs (CPU, CUDA, MPS). Memory of the distance computations stays ``O(chunk * N)``.
+
+Every search has a plain reference path (``method="brute"`` / ``"exact"``) and a near-linear fast path
+from ``models.spatial`` (``"grid"``: exact kNN; ``"bucket"``: approximate FPS); ``"auto"`` picks by size.
+All paths are deterministic.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
+
+from models.spatial import bucket_fps, grid_knn
+
+# Size from which the grid kNN beats the brute-force reference on CPU (see the neighbour-search table of
+# BENCHMARKS.md, `python -m app.benchmark`); below it method="auto" keeps the reference.
+GRID_KNN_MIN_POINTS = 4096
+# Exact FPS is kept up to this many points so that the paper's sizes (ModelNet, 1024-4096 points) get
+# true FPS; bucket FPS (approximate) above it keeps sampling linear in N.
+EXACT_FPS_MAX_POINTS = 4096
 
 
 def _check_points(name: str, pos: Tensor) -> None:
@@ -32,10 +47,20 @@ def gather(x: Tensor, idx: Tensor) -> Tensor:
     return out.reshape(*idx.shape, C)
 
 
-def knn(query: Tensor, points: Tensor, k: int, chunk_size: int = 2048) -> Tensor:
+def knn(
+    query: Tensor,
+    points: Tensor,
+    k: int,
+    chunk_size: int = 2048,
+    method: Literal["auto", "brute", "grid"] = "auto",
+) -> Tensor:
     """Indices of the ``k`` nearest ``points`` of every ``query`` (squared Euclidean distance).
 
     Ties are broken by the lower index (stable sort), so the result is deterministic.
+
+    ``method``: ``"brute"`` is the chunked ``O(M·N)`` reference; ``"grid"`` the exact sorted-cell search
+    of ``models.spatial.grid_knn`` (same neighbour sets, up to points at exactly equal distance;
+    ``chunk_size`` does not apply); ``"auto"`` uses the grid from ``GRID_KNN_MIN_POINTS`` points on.
 
     Shapes:
         query: ``[B, M, 3]``; points: ``[B, N, 3]``.
@@ -48,6 +73,10 @@ def knn(query: Tensor, points: Tensor, k: int, chunk_size: int = 2048) -> Tensor
     n = points.shape[1]
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be between 1 and the number of points N={n}")
+    if method not in ("auto", "brute", "grid"):
+        raise ValueError(f"unknown kNN method {method!r}: use 'auto', 'brute' or 'grid'")
+    if method == "grid" or (method == "auto" and n >= GRID_KNN_MIN_POINTS):
+        return grid_knn(query, points, k)
     out = []
     for q in query.split(chunk_size, dim=1):  # memory O(chunk * N)
         d = torch.cdist(q, points).pow(2)  # (B, chunk, N)
@@ -55,11 +84,20 @@ def knn(query: Tensor, points: Tensor, k: int, chunk_size: int = 2048) -> Tensor
     return torch.cat(out, dim=1)
 
 
-def farthest_point_sample(pos: Tensor, m: int) -> Tensor:
+def farthest_point_sample(
+    pos: Tensor,
+    m: int,
+    method: Literal["auto", "exact", "bucket"] = "auto",
+    leaf_size: int = 1024,
+) -> Tensor:
     """Farthest point sampling of ``m`` indices per cloud.
 
     **choice** (paper.md §2): start at the point farthest from the cloud's mean, so that the result
     does not depend on the order of the points (up to exact ties).
+
+    ``method``: ``"exact"`` is the ``O(m·N)`` reference loop; ``"bucket"`` the approximate, linear-time
+    FPS inside kd-tree leaves of about ``leaf_size`` points (``models.spatial.bucket_fps``, **choice**:
+    keeps large clouds linear in N); ``"auto"`` is exact up to ``EXACT_FPS_MAX_POINTS`` points.
 
     Shapes:
         pos: ``[B, N, 3]``; returns ``[B, m]`` long.
@@ -68,6 +106,10 @@ def farthest_point_sample(pos: Tensor, m: int) -> Tensor:
     B, N, _ = pos.shape
     if not 1 <= m <= N:
         raise ValueError(f"cannot sample m={m} points from N={N}: need 1 <= m <= N")
+    if method not in ("auto", "exact", "bucket"):
+        raise ValueError(f"unknown FPS method {method!r}: use 'auto', 'exact' or 'bucket'")
+    if method == "bucket" or (method == "auto" and N > EXACT_FPS_MAX_POINTS):
+        return bucket_fps(pos, m, leaf_size)
     idx = torch.empty(B, m, dtype=torch.long, device=pos.device)
     batch = torch.arange(B, device=pos.device)
     far = (pos - pos.mean(dim=1, keepdim=True)).pow(2).sum(-1).argmax(-1)  # (B,)

@@ -144,7 +144,9 @@ def test_wandb_offline_run_has_logged_keys(in_tmp: Path, gen_cls_root: Path, mon
     # Offline runs keep their records (protobuf) in the .wandb file until `wandb sync`; the logged keys and
     # the snapshotted config appear in it verbatim.
     records = runs[0].read_bytes()
-    for key in (b"train/loss", b"val/acc", b"val/macc", b"lr-AdamW", b"CentroidBackbone", b"num_centroids"):
+    keys = (b"train/loss", b"val/acc", b"val/macc", b"lr-AdamW", b"CentroidBackbone", b"num_centroids",
+            b"val/centroids/shape0/stage1", b"val/centroids/shape0/grid")  # fmt: skip
+    for key in keys:
         assert key in records, f"{key!r} not logged to W&B"
 
 

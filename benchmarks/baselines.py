@@ -1,0 +1,188 @@
+"""Baselines at the centroid backbone's width and depth, for the benchmark only.
+
+Every backbone maps ``pos [B, N, 3]`` (+ optional ``x [B, N, C_in]``) to a set of features
+``[B, M_S, out_channels]`` with the same stem width, stage widths and neighbourhood size k as
+:class:`~models.backbone.CentroidBackbone`, so that a :class:`~models.heads.ClassificationHead` fits on
+top of each and their costs compare like for like:
+
+- :class:`FullAttentionBackbone`: the centroid backbone with **full self-attention over all N_s inputs**
+  at every stage instead of centroid attention (the O(N²) baseline), then the same FPS + KNN pooling
+  down to M_s points.
+- :class:`PointNet2SSG`: PointNet++ single-scale grouping (Qi et al., "PointNet++", arXiv 1706.02413),
+  set abstraction with torch_geometric's ``PointNetConv``; **choice**: kNN grouping (k) instead of a
+  ball query, with our FPS/kNN (pyg-lib/torch_cluster are not required).
+- :class:`DGCNN`: dynamic graph CNN (Wang et al., arXiv 1801.07829) with torch_geometric's ``EdgeConv``;
+  the graph of every layer is the kNN in *feature* space (brute force, as DGCNN defines it), so it keeps
+  all N points and is O(N²) per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import EdgeConv, PointNetConv
+
+from models.backbone import KNNInit
+from models.centroid_attention import CentroidAttentionBlock
+from models.ops import farthest_point_sample, gather, knn
+
+
+def _stem(in_channels: int, width: int) -> nn.Sequential:
+    """The centroid backbone's stem, ``[p, x] → width``."""
+    return nn.Sequential(nn.Linear(3 + in_channels, width), nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, width))
+
+
+def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
+
+
+def _edge_index(neighbors: Tensor, num_src: int) -> Tensor:
+    """Batched neighbour lists → a PyG ``edge_index`` over flattened clouds.
+
+    Shapes:
+        neighbors: ``[B, M, k]`` long indices into clouds of ``num_src`` points.
+        returns ``[2, B*M*k]``: row 0 the source (neighbour ``b*num_src + j``), row 1 the target ``b*M + i``.
+    """
+    B, M, k = neighbors.shape
+    src = neighbors + (torch.arange(B, device=neighbors.device) * num_src).view(B, 1, 1)
+    dst = torch.arange(B * M, device=neighbors.device).view(B, M, 1).expand(B, M, k)
+    return torch.stack([src.reshape(-1), dst.reshape(-1)])
+
+
+class _Stages(nn.Module):
+    """Common constructor arguments and the ``[B, N, C]`` input check of the baselines."""
+
+    def __init__(self, in_channels: int, stem_width: int, num_centroids: list[int], widths: list[int], k: int) -> None:
+        super().__init__()
+        if len(num_centroids) != len(widths):
+            raise ValueError(f"num_centroids {num_centroids} and widths {widths} must have equal length")
+        self.in_channels, self.k = in_channels, k
+        self.num_centroids = num_centroids
+        self.channels = [stem_width, *widths]
+        self.out_channels = widths[-1]
+        self.stem = _stem(in_channels, stem_width)
+
+    def embed(self, pos: Tensor, x: Tensor | None) -> Tensor:
+        return self.stem(pos if x is None else torch.cat([pos, x], dim=-1))  # (B, N, stem_width)
+
+
+class FullAttentionStage(nn.Module):
+    """N points → M points: project, T steps of self-attention over all N, then FPS + KNN max-pool.
+
+    Self-attention is the centroid block with M = N, u = x and T = 1 (exactly a pre-norm Transformer
+    layer, paper.md §1), applied ``steps`` times with shared weights like the centroid block.
+
+    Shapes: pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → pos ``[B, M, 3]``, feat ``[B, M, out_dim]``.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, num_centroids: int, k: int, steps: int, heads: int) -> None:
+        super().__init__()
+        self.num_centroids, self.k, self.steps = num_centroids, k, steps
+        self.proj = nn.Linear(in_dim, out_dim)
+        self.attention = CentroidAttentionBlock(out_dim, heads, steps=1, mode="global", pos_encoding=False)
+        self.pool = KNNInit(out_dim, out_dim)
+
+    def forward(self, pos: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.proj(x)  # (B, N, C)
+        for _ in range(self.steps):
+            h, _ = self.attention(h, h)  # (B, N, C), O(N²) attention matrix per head
+        seed = farthest_point_sample(pos, self.num_centroids)  # (B, M)
+        seed_pos = gather(pos, seed)  # (B, M, 3)
+        return seed_pos, self.pool(h, pos, seed_pos, knn(seed_pos, pos, self.k))
+
+
+class FullAttentionBackbone(_Stages):
+    """Stem + stages of full self-attention (the O(N²) baseline of the centroid backbone)."""
+
+    def __init__(
+        self,
+        in_channels: int = 0,
+        stem_width: int = 64,
+        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- never mutated
+        widths: list[int] = [128, 256, 512],  # noqa: B006
+        k: int = 16,
+        steps: int = 2,
+        heads: int = 4,
+    ) -> None:
+        super().__init__(in_channels, stem_width, num_centroids, widths, k)
+        self.stages = nn.ModuleList(
+            FullAttentionStage(a, b, m, k, steps, heads) for a, b, m in zip(self.channels[:-1], widths, num_centroids)
+        )
+
+    def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
+        feat = self.embed(pos, x)
+        for stage in self.stages:
+            pos, feat = stage(pos, feat)
+        return feat  # (B, M_S, out_channels)
+
+
+class PointNet2SSG(_Stages):
+    """PointNet++ SSG: per stage FPS seeds, kNN groups, ``PointNetConv`` (shared MLP on [x_j, p_j − p_i], max)."""
+
+    def __init__(
+        self,
+        in_channels: int = 0,
+        stem_width: int = 64,
+        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- never mutated
+        widths: list[int] = [128, 256, 512],  # noqa: B006
+        k: int = 16,
+    ) -> None:
+        super().__init__(in_channels, stem_width, num_centroids, widths, k)
+        self.convs = nn.ModuleList(
+            PointNetConv(_mlp(a + 3, b), None, add_self_loops=False) for a, b in zip(self.channels[:-1], widths)
+        )
+
+    def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
+        feat = self.embed(pos, x)
+        for m, conv in zip(self.num_centroids, self.convs):
+            B, N, C = feat.shape
+            seed_pos = gather(pos, farthest_point_sample(pos, m))  # (B, M, 3)
+            edges = _edge_index(knn(seed_pos, pos, self.k), N)
+            out = conv((feat.reshape(B * N, C), None), (pos.reshape(-1, 3), seed_pos.reshape(-1, 3)), edges)
+            pos, feat = seed_pos, out.view(B, m, -1)
+        return feat  # (B, M_S, out_channels)
+
+
+def feature_knn(x: Tensor, k: int, chunk_size: int = 1024) -> Tensor:
+    """kNN in feature space (DGCNN's dynamic graph), brute force in chunks; ``[B, N, C]`` → ``[B, N, k]`` long."""
+    return torch.cat(
+        [torch.topk(torch.cdist(q, x), k, dim=-1, largest=False).indices for q in x.split(chunk_size, dim=1)], dim=1
+    )
+
+
+class DGCNN(_Stages):
+    """DGCNN: ``EdgeConv`` layers (MLP on [x_i, x_j − x_i], max) on the kNN graph of the current features.
+
+    ``num_centroids`` is accepted for a uniform constructor and ignored: DGCNN keeps all N points.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 0,
+        stem_width: int = 64,
+        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- never mutated
+        widths: list[int] = [128, 256, 512],  # noqa: B006
+        k: int = 16,
+    ) -> None:
+        super().__init__(in_channels, stem_width, num_centroids, widths, k)
+        self.convs = nn.ModuleList(EdgeConv(_mlp(2 * a, b)) for a, b in zip(self.channels[:-1], widths))
+
+    def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
+        feat = self.embed(pos, x)
+        B, N, _ = feat.shape
+        for conv in self.convs:
+            with torch.no_grad():  # the graph is not differentiated (as in DGCNN)
+                edges = _edge_index(feature_knn(feat, self.k), N)
+            feat = conv(feat.reshape(B * N, -1), edges).view(B, N, -1)
+        return feat  # (B, N, out_channels)
+
+
+class Classifier(nn.Module):
+    """Backbone + classification head: ``pos [B, N, 3]`` → logits ``[B, num_classes]``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
+        return self.head(self.backbone(pos, x))

@@ -1,0 +1,225 @@
+"""Measurement of one benchmark cell, run in its own subprocess (``python -m benchmarks.harness '<json>'``).
+
+A cell is one model (or one neighbour-search op) at one N. Running each cell in a fresh process makes its
+peak memory honest and isolates failures: the parent (``app.benchmark``) caps the child's address space
+(an out-of-memory cell fails with an error instead of taking the machine down) and its wall time, and
+records a skip with the reason.
+
+What is measured:
+- ``train_ms``: median wall time of forward + cross-entropy + backward of one batch, after one warm-up.
+- ``infer_sps``: samples per second of ``torch.inference_mode`` forward passes (median batch time).
+- ``peak_mib``: CPU — the increase of the process's peak resident set size (``ru_maxrss``) over the
+  resident size just before the first step: everything the forward + backward allocated (activations,
+  gradients, workspaces, allocator slack) at its high-water mark. CUDA — ``torch.cuda.max_memory_allocated``.
+- ``gflops``: forward FLOPs per sample counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
+  attention; gathers, scatters, sorts and elementwise ops count zero).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
+from models.backbone import CentroidBackbone
+from models.flops import count_parameters
+from models.heads import ClassificationHead
+from models.ops import farthest_point_sample, knn
+
+# name -> (label, backbone factory(in_channels, num_centroids)); all at stem 64, widths 128/256/512, k 16.
+MODELS: dict[str, tuple[str, Callable[[int, list[int]], nn.Module]]] = {
+    "centroid_local": ("Centroid (local)", lambda c, m: CentroidBackbone(c, num_centroids=m, mode="local")),
+    "centroid_global": ("Centroid (global)", lambda c, m: CentroidBackbone(c, num_centroids=m, mode="global")),
+    "full_attention": ("Full self-attention", lambda c, m: FullAttentionBackbone(c, num_centroids=m)),
+    "pointnet2": ("PointNet++ SSG", lambda c, m: PointNet2SSG(c, num_centroids=m)),
+    "dgcnn": ("DGCNN", lambda c, m: DGCNN(c, num_centroids=m)),
+}
+# Neighbour search and sampling per batch: kNN (k = 16) of M = N/2 queries among N points; FPS of N/2.
+OPS = ("knn_auto", "knn_brute", "fps_auto", "fps_exact", "knn_torch_cluster", "fps_torch_cluster")
+
+
+def num_centroids(num_points: int) -> list[int]:
+    """The default 1024 → 512 → 256 → 128 schedule scaled to N: ``[N/2, N/4, N/8]``."""
+    return [max(1, num_points // 2), max(1, num_points // 4), max(1, num_points // 8)]
+
+
+def build_classifier(name: str, num_points: int, num_classes: int, in_channels: int = 0) -> Classifier:
+    """One benchmark model (backbone + the project's classification head) for clouds of ``num_points``."""
+    backbone = MODELS[name][1](in_channels, num_centroids(num_points))
+    return Classifier(backbone, ClassificationHead(backbone.out_channels, num_classes))
+
+
+def surface_cloud(batch: int, num_points: int, seed: int = 0) -> Tensor:
+    """Deterministic surface-like clouds (noisy anisotropic ellipsoids), ``[B, N, 3]`` in about [-1, 1]³.
+
+    Benchmark inputs lie on surfaces like real scans, which matters for the grid kNN.
+    """
+    g = torch.Generator().manual_seed(seed)
+    p = F.normalize(torch.randn(batch, num_points, 3, generator=g), dim=-1)
+    p = p * torch.tensor([1.0, 0.6, 0.3]) + 0.01 * torch.randn(batch, num_points, 3, generator=g)
+    return p
+
+
+@dataclass
+class CellSpec:
+    """One cell: a model name from ``MODELS`` or an op from ``OPS``, at ``num_points`` and ``batch``."""
+
+    name: str
+    num_points: int
+    batch: int
+    repeats: int = 5
+    budget_s: float = 60.0  # repeats are cut so that the timed runs fit into about this many seconds
+    threads: int = 0  # 0: torch's default
+    device: str = "cpu"
+    flops: bool = True
+    compile: bool = False
+
+
+@dataclass
+class CellResult:
+    spec: CellSpec
+    train_ms: float | None = None
+    infer_sps: float | None = None
+    peak_mib: float | None = None
+    gflops: float | None = None
+    params: int | None = None
+    op_ms: float | None = None
+    repeats: int = 0
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn: Callable[[], object], device: str, repeats: int, budget_s: float) -> tuple[float, int]:
+    """Median seconds of ``fn`` after one warm-up; repeats capped so they fit ``budget_s``."""
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    warm = time.perf_counter() - t
+    n = max(1, min(repeats, int(budget_s / max(warm, 1e-9))))
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), n
+
+
+def _run_op(spec: CellSpec) -> CellResult:
+    pos = surface_cloud(spec.batch, spec.num_points).to(spec.device)
+    m = spec.num_points // 2
+    query = pos[:, :m]
+    if spec.name.endswith("torch_cluster"):
+        import torch_cluster  # only present in a throwaway environment, never a dependency
+
+        flat = pos.reshape(-1, 3)
+        batch = torch.arange(spec.batch, device=pos.device).repeat_interleave(spec.num_points)
+        qbatch = torch.arange(spec.batch, device=pos.device).repeat_interleave(m)
+        fns = {
+            "knn_torch_cluster": lambda: torch_cluster.knn(flat, query.reshape(-1, 3), 16, batch, qbatch),
+            "fps_torch_cluster": lambda: torch_cluster.fps(flat, batch, ratio=0.5, random_start=False),
+        }
+    else:
+        fns = {
+            "knn_auto": lambda: knn(query, pos, 16, method="auto"),
+            "knn_brute": lambda: knn(query, pos, 16, method="brute"),
+            "fps_auto": lambda: farthest_point_sample(pos, m, method="auto"),
+            "fps_exact": lambda: farthest_point_sample(pos, m, method="exact"),
+        }
+    with torch.inference_mode():
+        sec, n = _timed(fns[spec.name], spec.device, spec.repeats, spec.budget_s)
+    return CellResult(spec, op_ms=sec * 1e3, repeats=n)
+
+
+def _run_model(spec: CellSpec) -> CellResult:
+    torch.manual_seed(0)
+    dev = spec.device
+    cuda = dev.startswith("cuda")
+    model = build_classifier(spec.name, spec.num_points, num_classes=40).to(dev)
+    params = count_parameters(model)
+    pos = surface_cloud(spec.batch, spec.num_points).to(dev)
+    label = torch.arange(spec.batch, device=dev) % 40
+    run = torch.compile(model) if spec.compile else model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)  # GPU path: bf16 autocast
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with autocast:
+            loss = F.cross_entropy(run(pos), label)
+        loss.backward()
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast:
+            run(pos)
+
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    rss0 = _rss_mib()
+    model.train()
+    train_s, n = _timed(step, dev, spec.repeats, spec.budget_s / 2)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib() - rss0
+    model.eval()
+    infer_s, _ = _timed(infer, dev, spec.repeats, spec.budget_s / 2)
+    gflops = None
+    if spec.flops:  # one extra forward on one cloud
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(pos[:1])
+        gflops = counter.get_total_flops() / 1e9
+    return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, gflops, params, repeats=n)
+
+
+def run_cell(spec: CellSpec) -> CellResult:
+    """Measure one cell in this process."""
+    if spec.threads > 0:
+        torch.set_num_threads(spec.threads)
+    return _run_op(spec) if spec.name in OPS else _run_model(spec)
+
+
+def loglog_slope(ns: list[int], times: list[float]) -> float | None:
+    """Least-squares slope of log(time) against log(N); ``None`` with fewer than two points."""
+    if len(ns) < 2:
+        return None
+    x = [math.log(n) for n in ns]
+    y = [math.log(t) for t in times]
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    return sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+
+
+def _main(arg: str) -> None:
+    spec = CellSpec(**json.loads(arg))
+    try:
+        result = run_cell(spec)
+    except (RuntimeError, MemoryError) as e:  # out-of-memory lands here (address-space cap set by the parent)
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        result = CellResult(spec, error=msg)
+    print("RESULT " + json.dumps(asdict(result)), flush=True)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
