@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-export WANDB_MODE ?= offline
 
 .PHONY: setup system-libs demo test benchmark
 
