@@ -46,9 +46,9 @@ class Config:
     threads: int = 0
     device: str = "cpu"
     compile: bool = False
-    train_epochs: int = 3
+    train_epochs: int = 12
     train_points: int = 256
-    train_per_class: int = 24
+    train_per_class: int = 40
     test_per_class: int = 10
     data_root: str = "data/benchmark_modelnet"
     torch_cluster_python: str | None = None

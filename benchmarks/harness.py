@@ -54,10 +54,16 @@ def num_centroids(num_points: int) -> list[int]:
     return [max(1, num_points // 2), max(1, num_points // 4), max(1, num_points // 8)]
 
 
-def build_classifier(name: str, num_points: int, num_classes: int, in_channels: int = 0) -> Classifier:
-    """One benchmark model (backbone + the project's classification head) for clouds of ``num_points``."""
+def build_classifier(
+    name: str, num_points: int, num_classes: int, in_channels: int = 0, dropout: float = 0.0
+) -> Classifier:
+    """One benchmark model (backbone + the project's classification head) for clouds of ``num_points``.
+
+    Head dropout is off by default: the short equal-budget training of the benchmark is far from
+    over-fitting, and dropout 0.5 slows the first epochs of every model (the deep attention models most).
+    """
     backbone = MODELS[name][1](in_channels, num_centroids(num_points))
-    return Classifier(backbone, ClassificationHead(backbone.out_channels, num_classes))
+    return Classifier(backbone, ClassificationHead(backbone.out_channels, num_classes, dropout=dropout))
 
 
 def surface_cloud(batch: int, num_points: int, seed: int = 0) -> Tensor:
