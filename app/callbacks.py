@@ -37,11 +37,13 @@ def fresh_path(path: Path) -> Path:
 
 
 def _plain(value: Any) -> Any:
-    """Tensors → floats/lists with NaN as None, so the JSON is standard."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().double()
-        return None if value.dim() == 0 and value.isnan() else (value.item() if value.dim() == 0 else [_plain(v) for v in value])
-    return value
+    """Tensors → floats / nested lists with NaN as ``None``, so the JSON is standard."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    value = value.detach().cpu().double()
+    if value.dim() > 0:
+        return [_plain(v) for v in value]
+    return None if value.isnan() else value.item()
 
 
 class RNGState(Callback):
