@@ -8,13 +8,26 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from datamodules.cache import cached
 from datamodules.dataset import PointCloudDataset
+from datamodules.errors import DataFormatError
 from datamodules.files import PointFilesDataset
+from datamodules.generated import generate
+from datamodules.preprocess import build_fixed
 from datamodules.transforms import Augment
 
 
 class PointCloudDataModule(LightningDataModule):
-    """Holds train/val/test ``PointCloudDataset`` s and turns them into loaders (predict = test)."""
+    """Holds train/val/test ``PointCloudDataset`` s and turns them into loaders (predict = test).
+
+    Subclasses name their data set family and generator kind, the splits their caches hold and what a
+    data folder contains, and implement ``_resolved_format``, ``_download`` and ``_arrays``.
+    """
+
+    family: str  # shown in messages, e.g. "ModelNet"
+    kind: str  # the generator's data set kind
+    splits: tuple[str, ...]  # the splits prepare_data caches
+    expected_files: str  # what a data folder holds, for the "no data" message
 
     def __init__(
         self,
@@ -39,6 +52,64 @@ class PointCloudDataModule(LightningDataModule):
         return f"{type(self).__name__}(root={str(self.root)!r})"
 
     __str__ = __repr__
+
+    def _resolved_format(self) -> str | None:
+        raise NotImplementedError
+
+    def _download(self) -> None:
+        raise NotImplementedError
+
+    def _arrays(self, split: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def prepare_data(self) -> None:
+        """Generate or download the data if needed, then build the caches (once, on rank 0 under DDP)."""
+        if self.predict_files:
+            return
+        if self.format == "generated":
+            generate(self.root, self.kind, self.generator)
+        elif self._resolved_format() is None:
+            if not self.download:
+                raise DataFormatError(
+                    self.root,
+                    f"no {self.family} data found (expected {self.expected_files}); "
+                    "set download=true, format='generated', or put the unzipped data set here",
+                )
+            self._download()
+        for split in self.splits:
+            self._arrays(split)
+
+    def _ensure_generated(self) -> None:
+        """Generate the default data set on first use (``setup`` without ``prepare_data``)."""
+        if self.format == "generated" and not (self.root / "GENERATED.json").is_file():
+            generate(self.root, self.kind, self.generator)
+
+    def _found_format(self) -> str:
+        """The data set's format; a clear error when the folder holds no data yet."""
+        fmt = self._resolved_format()
+        if fmt is None:
+            raise DataFormatError(self.root, f"no {self.family} data found: call prepare_data() (download/generate) first")
+        return fmt
+
+    def _fixed_points(self, source: object, split: str, settings: dict, cache_name: str) -> dict[str, np.ndarray]:
+        """The split's clouds reduced to ``num_points``, from the cache when its settings and files match.
+
+        Returns the cached arrays ``points [S, N, C]`` and ``label [S]``.
+        """
+        if self.use_normals and not source.has_normals:
+            raise DataFormatError(self.root, "this data set has no normals: set use_normals=false")
+        files = source.files(split)
+        if not files:
+            raise DataFormatError(self.root, f"the {split} split has no files{self.empty_split_hint}")
+        settings = {"split": split, "num_points": self.num_points, "sampling": self.sampling, "seed": self.seed,
+                    "missing_files": self.missing_files, **settings}  # fmt: skip
+        return cached(
+            self.cache_dir, cache_name, settings, files,
+            lambda: build_fixed(source.clouds(split), self.num_points, self.sampling, self.seed),
+        )  # fmt: skip
+
+    #: Appended to the "split has no files" error.
+    empty_split_hint = ""
 
     def _dataset(self, arrays: dict[str, np.ndarray], indices: np.ndarray | None, train: bool) -> PointCloudDataset:
         return PointCloudDataset(arrays, indices, self.use_normals, self.augment if train else None)

@@ -7,18 +7,14 @@ field does; a float ``f`` holds out a seeded fraction ``f`` of train instead (th
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from datamodules.base import PointCloudDataModule
-from datamodules.cache import cached
 from datamodules.download import ARCHIVES, download_and_extract
-from datamodules.errors import DataFormatError
 from datamodules.generated import CLASS_NAMES as GENERATED_CLASSES
-from datamodules.generated import GeneratorConfig, generate
+from datamodules.generated import GeneratorConfig
 from datamodules.io import DEFAULT_MESH_POINTS
 from datamodules.modelnet_formats import (
     MissingPolicy,
@@ -28,12 +24,10 @@ from datamodules.modelnet_formats import (
     ResampledSource,
     detect_modelnet_format,
 )
-from datamodules.preprocess import build_fixed
 from datamodules.sampling import Sampling
 from datamodules.tables import modelnet_classes
 from datamodules.transforms import Augment
 
-log = logging.getLogger(__name__)
 ModelNetFormat = Literal["auto", "off", "normal_resampled", "ply_hdf5", "generated"]
 #: What ``download=True`` fetches per format (``auto``: the smallest archive, which has a mirror).
 DOWNLOADS = {"off": "modelnet{name}_off", "normal_resampled": "modelnet40_normal_resampled", "ply_hdf5": "modelnet40_ply_hdf5_2048"}
@@ -58,6 +52,11 @@ class ModelNetDataModule(PointCloudDataModule):
         generator: sizes of the generated data set.
         predict_files: user files (``.off .ply .txt .npy .h5``) that ``predict`` runs on instead of the test split.
     """
+
+    family = "ModelNet"
+    kind = "modelnet"
+    splits = ("train", "test")
+    expected_files = "modelnet*_shape_names.txt, ply_data_*.h5 or <class>/train/*.off"
 
     def __init__(
         self,
@@ -115,42 +114,14 @@ class ModelNetDataModule(PointCloudDataModule):
             return PlyH5Source(self.root, self.name, self.missing_files)
         raise ValueError(f"unknown ModelNet format {fmt!r}")
 
-    def prepare_data(self) -> None:
-        """Generate or download the data if needed, then build the caches (once, on rank 0 under DDP)."""
-        if self.predict_files:
-            return
-        fmt = self._resolved_format()
-        if self.format == "generated":
-            generate(self.root, "modelnet", self.generator)
-        elif fmt is None:
-            if not self.download:
-                raise DataFormatError(
-                    self.root,
-                    "no ModelNet data found (expected modelnet*_shape_names.txt, ply_data_*.h5 or <class>/train/*.off); "
-                    "set download=true, format='generated', or put the unzipped data set here",
-                )
-            key = DOWNLOADS.get(self.format if self.format != "auto" else "ply_hdf5").format(name=self.name)
-            download_and_extract(ARCHIVES[key], self.root)
-        for split in ("train", "test"):
-            self._arrays(split)
+    def _download(self) -> None:
+        key = DOWNLOADS.get(self.format if self.format != "auto" else "ply_hdf5").format(name=self.name)
+        download_and_extract(ARCHIVES[key], self.root)
 
     def _arrays(self, split: str) -> dict[str, np.ndarray]:
-        fmt = self._resolved_format()
-        if fmt is None:
-            raise DataFormatError(self.root, "no ModelNet data found: call prepare_data() (download/generate) first")
-        source = self._source(fmt)
-        if self.use_normals and not source.has_normals:
-            raise DataFormatError(self.root, "this data set has no normals: set use_normals=false")
-        settings = {"format": fmt, "name": self.name, "split": split, "num_points": self.num_points,
-                    "sampling": self.sampling, "seed": self.seed, "mesh_points": self.mesh_points,
-                    "missing_files": self.missing_files}  # fmt: skip
-        files = source.files(split)
-        if not files:
-            raise DataFormatError(self.root, f"the {split} split has no files")
-        built = cached(
-            self.cache_dir, f"modelnet{self.name}-{fmt}-{split}", settings, files,
-            lambda: build_fixed(source.clouds(split), self.num_points, self.sampling, self.seed),
-        )  # fmt: skip
+        fmt = self._found_format()
+        settings = {"format": fmt, "name": self.name, "mesh_points": self.mesh_points}
+        built = self._fixed_points(self._source(fmt), split, settings, f"modelnet{self.name}-{fmt}-{split}")
         points = built["points"]
         arrays = {"pos": points[..., :3], "label": built["label"]}
         if points.shape[-1] >= 6:
@@ -160,8 +131,7 @@ class ModelNetDataModule(PointCloudDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.files_only(stage):
             return
-        if self.format == "generated" and not (self.root / "GENERATED.json").is_file():
-            generate(self.root, "modelnet", self.generator)
+        self._ensure_generated()
         if stage in ("fit", "validate", None) and "train" not in self.datasets:
             train = self._arrays("train")
             if self.val_split == "test":

@@ -13,13 +13,10 @@ import numpy as np
 import torch
 
 from datamodules.base import PointCloudDataModule
-from datamodules.cache import cached
 from datamodules.download import ARCHIVES, download_and_extract
-from datamodules.errors import DataFormatError
 from datamodules.generated import PART_TABLE as GENERATED_TABLE
-from datamodules.generated import GeneratorConfig, generate
+from datamodules.generated import GeneratorConfig
 from datamodules.modelnet_formats import MissingPolicy
-from datamodules.preprocess import build_fixed
 from datamodules.sampling import Sampling
 from datamodules.shapenet_formats import H5SegSource, TxtSegSource, detect_shapenet_format, load_part_table
 from datamodules.tables import SHAPENETPART_TABLE, PartTable
@@ -42,6 +39,12 @@ class ShapeNetPartDataModule(PointCloudDataModule):
     Attributes (available right after ``__init__``): ``num_parts``, ``num_categories``, ``category_names``,
     ``part_mask`` (bool ``[num_categories, num_parts]``), ``in_channels``.
     """
+
+    family = "ShapeNetPart"
+    kind = "shapenetpart"
+    splits = ("train", "val", "test")
+    expected_files = "synsetoffset2category.txt + train_test_split/, or ply_data_*.h5"
+    empty_split_hint = " for the selected categories"
 
     def __init__(
         self,
@@ -104,41 +107,13 @@ class ShapeNetPartDataModule(PointCloudDataModule):
             raise ValueError(f"unknown categories {unknown}; known: {self.category_names}")
         return sorted({lower[c.lower()] for c in categories})
 
-    def prepare_data(self) -> None:
-        """Generate or download the data if needed, then build the caches (once, on rank 0 under DDP)."""
-        if self.predict_files:
-            return
-        fmt = self._resolved_format()
-        if self.format == "generated":
-            generate(self.root, "shapenetpart", self.generator)
-        elif fmt is None:
-            if not self.download:
-                raise DataFormatError(
-                    self.root,
-                    "no ShapeNetPart data found (expected synsetoffset2category.txt + train_test_split/, or "
-                    "ply_data_*.h5); set download=true, format='generated', or put the unzipped data set here",
-                )
-            download_and_extract(ARCHIVES["shapenetpart_hdf5" if self.format == "hdf5" else "shapenetpart_txt"], self.root)
-        for split in ("train", "val", "test"):
-            self._arrays(split)
+    def _download(self) -> None:
+        download_and_extract(ARCHIVES["shapenetpart_hdf5" if self.format == "hdf5" else "shapenetpart_txt"], self.root)
 
     def _arrays(self, split: str) -> dict[str, np.ndarray]:
-        fmt = self._resolved_format()
-        if fmt is None:
-            raise DataFormatError(self.root, "no ShapeNetPart data found: call prepare_data() (download/generate) first")
-        cls = H5SegSource if fmt == "hdf5" else TxtSegSource
-        source = cls(self.root, self.table, self.selected, self.missing_files)
-        if self.use_normals and not source.has_normals:
-            raise DataFormatError(self.root, "this data set has no normals: set use_normals=false")
-        settings = {"format": fmt, "split": split, "num_points": self.num_points, "sampling": self.sampling,
-                    "seed": self.seed, "categories": self.selected, "missing_files": self.missing_files}  # fmt: skip
-        files = source.files(split)
-        if not files:
-            raise DataFormatError(self.root, f"the {split} split has no files for the selected categories")
-        built = cached(
-            self.cache_dir, f"shapenetpart-{fmt}-{split}", settings, files,
-            lambda: build_fixed(source.clouds(split), self.num_points, self.sampling, self.seed),
-        )  # fmt: skip
+        fmt = self._found_format()
+        source = (H5SegSource if fmt == "hdf5" else TxtSegSource)(self.root, self.table, self.selected, self.missing_files)
+        built = self._fixed_points(source, split, {"format": fmt, "categories": self.selected}, f"shapenetpart-{fmt}-{split}")
         points = built["points"]
         arrays = {"pos": points[..., :3], "part": points[..., -1].astype(np.int64), "category": built["label"]}
         if points.shape[-1] == 7:
@@ -148,8 +123,7 @@ class ShapeNetPartDataModule(PointCloudDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.files_only(stage):
             return
-        if self.format == "generated" and not (self.root / "GENERATED.json").is_file():
-            generate(self.root, "shapenetpart", self.generator)
+        self._ensure_generated()
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in wanted.get(stage, ("train", "val", "test")):
             if split not in self.datasets:

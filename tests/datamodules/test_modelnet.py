@@ -110,7 +110,7 @@ def test_cache_reused_and_invalidated(generated_modelnet: Path, tmp_path: Path, 
     root = tmp_path / "copy"
     shutil.copytree(generated_modelnet, root)
     builds = []
-    import datamodules.modelnet as mod
+    import datamodules.base as mod  # where the cached build is looked up
 
     real_build = mod.build_fixed
     monkeypatch.setattr(mod, "build_fixed", lambda *a, **k: builds.append(1) or real_build(*a, **k))
