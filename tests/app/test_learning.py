@@ -23,21 +23,23 @@ SMALL = [
 ]  # fmt: skip
 
 
-@pytest.mark.slow
-def test_classifier_beats_chance(in_tmp: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    root = tmp_path_factory.mktemp("learn_cls")
-    cli = make_cli(["--config", DEMO, *SMALL, "--data.init_args.root", str(root)], run=False)
+def _train_and_test(config: str, root: Path) -> tuple[dict[str, float], object]:
+    """Fit the shrunken demo run on fresh generated data in ``root``; the test metrics and the data module."""
+    cli = make_cli(["--config", config, *SMALL, "--data.init_args.root", str(root)], run=False)
     cli.trainer.fit(cli.model, cli.datamodule)
     (result,) = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="last")
-    chance = 1 / cli.datamodule.num_classes
+    return result, cli.datamodule
+
+
+@pytest.mark.slow
+def test_classifier_beats_chance(in_tmp: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    result, data = _train_and_test(DEMO, tmp_path_factory.mktemp("learn_cls"))
+    chance = 1 / data.num_classes
     assert result["test/acc"] >= 6 * chance, f"test accuracy {result['test/acc']:.3f} vs chance {chance:.3f}"
 
 
 @pytest.mark.slow
 def test_segmenter_beats_chance(in_tmp: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    root = tmp_path_factory.mktemp("learn_seg")
-    cli = make_cli(["--config", DEMO_SEG, *SMALL, "--data.init_args.root", str(root)], run=False)
-    cli.trainer.fit(cli.model, cli.datamodule)
-    (result,) = cli.trainer.test(cli.model, cli.datamodule, ckpt_path="last")
+    result, _ = _train_and_test(DEMO_SEG, tmp_path_factory.mktemp("learn_seg"))
     # chance: uniform guessing among a category's 2-3 parts gives an instance mIoU around 0.3
     assert result["test/miou_instance"] >= 0.6, f"instance mIoU {result['test/miou_instance']:.3f}"
