@@ -32,6 +32,12 @@ def _stem(in_channels: int, width: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(3 + in_channels, width), nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, width))
 
 
+def seeds(pos: Tensor, m: int, sampling: str) -> Tensor:
+    """Positions ``[B, m, 3]`` of a stage's seeds: the first m points of FPS-ordered inputs (``"prefix"``, what
+    the data modules deliver) or an in-model FPS (``"fps"``), exactly as the centroid backbone picks them."""
+    return pos[:, :m] if sampling == "prefix" else gather(pos, farthest_point_sample(pos, m))
+
+
 def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
 
@@ -52,8 +58,13 @@ def _edge_index(neighbors: Tensor, num_src: int) -> Tensor:
 class _Stages(nn.Module):
     """Common constructor arguments and the ``[B, N, C]`` input check of the baselines."""
 
-    def __init__(self, in_channels: int, stem_width: int, num_centroids: list[int], widths: list[int], k: int) -> None:
+    def __init__(
+        self, in_channels: int, stem_width: int, num_centroids: list[int], widths: list[int], k: int, sampling: str
+    ) -> None:
         super().__init__()
+        if sampling not in ("prefix", "fps"):
+            raise ValueError(f"sampling must be 'prefix' or 'fps', got {sampling!r}")
+        self.sampling = sampling
         if len(num_centroids) != len(widths):
             raise ValueError(f"num_centroids {num_centroids} and widths {widths} must have equal length")
         self.in_channels, self.k = in_channels, k
@@ -75,9 +86,11 @@ class FullAttentionStage(nn.Module):
     Shapes: pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → pos ``[B, M, 3]``, feat ``[B, M, out_dim]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, num_centroids: int, k: int, steps: int, heads: int) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, num_centroids: int, k: int, steps: int, heads: int, sampling: str
+    ) -> None:
         super().__init__()
-        self.num_centroids, self.k, self.steps = num_centroids, k, steps
+        self.num_centroids, self.k, self.steps, self.sampling = num_centroids, k, steps, sampling
         self.proj = nn.Linear(in_dim, out_dim)
         self.attention = CentroidAttentionBlock(out_dim, heads, steps=1, mode="global", pos_encoding=False)
         self.pool = KNNInit(out_dim, out_dim)
@@ -86,9 +99,9 @@ class FullAttentionStage(nn.Module):
         h = self.proj(x)  # (B, N, C)
         for _ in range(self.steps):
             h, _ = self.attention(h, h)  # (B, N, C), O(N²) attention matrix per head
-        seed = farthest_point_sample(pos, self.num_centroids)  # (B, M)
-        seed_pos = gather(pos, seed)  # (B, M, 3)
-        return seed_pos, self.pool(h, pos, seed_pos, knn(seed_pos, pos, self.k))
+        seed_pos = seeds(pos, self.num_centroids, self.sampling)  # (B, M, 3)
+        nbr = knn(seed_pos, pos, self.k, validate=False)
+        return seed_pos, self.pool(h, gather(pos, nbr) - seed_pos.unsqueeze(2), nbr)
 
 
 class FullAttentionBackbone(_Stages):
@@ -103,10 +116,12 @@ class FullAttentionBackbone(_Stages):
         k: int = 16,
         steps: int = 2,
         heads: int = 4,
+        sampling: str = "fps",
     ) -> None:
-        super().__init__(in_channels, stem_width, num_centroids, widths, k)
+        super().__init__(in_channels, stem_width, num_centroids, widths, k, sampling)
         self.stages = nn.ModuleList(
-            FullAttentionStage(a, b, m, k, steps, heads) for a, b, m in zip(self.channels[:-1], widths, num_centroids)
+            FullAttentionStage(a, b, m, k, steps, heads, sampling)
+            for a, b, m in zip(self.channels[:-1], widths, num_centroids)
         )
 
     def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
@@ -126,8 +141,9 @@ class PointNet2SSG(_Stages):
         num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- never mutated
         widths: list[int] = [128, 256, 512],  # noqa: B006
         k: int = 16,
+        sampling: str = "fps",
     ) -> None:
-        super().__init__(in_channels, stem_width, num_centroids, widths, k)
+        super().__init__(in_channels, stem_width, num_centroids, widths, k, sampling)
         self.convs = nn.ModuleList(
             PointNetConv(_mlp(a + 3, b), None, add_self_loops=False) for a, b in zip(self.channels[:-1], widths)
         )
@@ -136,8 +152,8 @@ class PointNet2SSG(_Stages):
         feat = self.embed(pos, x)
         for m, conv in zip(self.num_centroids, self.convs):
             B, N, C = feat.shape
-            seed_pos = gather(pos, farthest_point_sample(pos, m))  # (B, M, 3)
-            edges = _edge_index(knn(seed_pos, pos, self.k), N)
+            seed_pos = seeds(pos, m, self.sampling)  # (B, M, 3)
+            edges = _edge_index(knn(seed_pos, pos, self.k, validate=False), N)
             out = conv((feat.reshape(B * N, C), None), (pos.reshape(-1, 3), seed_pos.reshape(-1, 3)), edges)
             pos, feat = seed_pos, out.view(B, m, -1)
         return feat  # (B, M_S, out_channels)
@@ -163,8 +179,9 @@ class DGCNN(_Stages):
         num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- never mutated
         widths: list[int] = [128, 256, 512],  # noqa: B006
         k: int = 16,
+        sampling: str = "fps",
     ) -> None:
-        super().__init__(in_channels, stem_width, num_centroids, widths, k)
+        super().__init__(in_channels, stem_width, num_centroids, widths, k, sampling)
         self.convs = nn.ModuleList(EdgeConv(_mlp(2 * a, b)) for a, b in zip(self.channels[:-1], widths))
 
     def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:

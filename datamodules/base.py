@@ -14,7 +14,7 @@ from datamodules.errors import DataFormatError
 from datamodules.files import PointFilesDataset
 from datamodules.generated import generate
 from datamodules.preprocess import build_fixed
-from datamodules.transforms import Augment
+from datamodules.transforms import Augment, Chain, FPSOrder
 
 
 class PointCloudDataModule(LightningDataModule):
@@ -112,7 +112,9 @@ class PointCloudDataModule(LightningDataModule):
     empty_split_hint = ""
 
     def _dataset(self, arrays: dict[str, np.ndarray], indices: np.ndarray | None, train: bool) -> PointCloudDataset:
-        return PointCloudDataset(arrays, indices, self.use_normals, self.augment if train else None)
+        """Training samples are augmented; every sample then comes in FPS order (docs/batch.md)."""
+        steps = (self.augment, FPSOrder()) if train and self.augment is not None else (FPSOrder(),)
+        return PointCloudDataset(arrays, indices, self.use_normals, Chain(steps))
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:

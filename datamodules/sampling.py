@@ -1,8 +1,12 @@
-"""Fixed-N resampling of variable-size clouds, computed once (at cache-build time) in batches.
+"""Farthest-point orderings on the data side: fixed-N resampling (once, at cache-build time) and the FPS
+order every sample is delivered in (docs/batch.md).
 
-``fps`` uses the project's one pure-torch farthest point sampling (``models.ops.farthest_point_sample``);
-``random`` draws a seeded subset. Clouds with fewer than ``num_points`` points keep all their points and are
-padded with seeded random repeats.
+FPS here is ``fpsample.fps_sampling`` (exact FPS in C++, 10–50× faster than the pure-torch loop on CPU),
+started like the model's reference ``models.ops.farthest_point_sample`` at the point farthest from the
+cloud's mean, so both return the same indices (tests/datamodules/test_sampling.py).
+
+``fps`` resampling keeps the first N points of that order; ``random`` draws a seeded subset. Clouds with
+fewer than ``num_points`` points keep all their points and are padded with seeded random repeats.
 """
 
 from __future__ import annotations
@@ -10,24 +14,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+import fpsample
 import numpy as np
-import torch
-
-from models.ops import farthest_point_sample
 
 Sampling = Literal["fps", "random"]
-#: Clouds per FPS call: bounds the memory of the batched distance updates.
+#: Clouds handled together while building a cache.
 FPS_CHUNK = 64
 
 
-def _fps_single_thread(pos: np.ndarray, num_points: int) -> np.ndarray:
-    """FPS is a long loop of tiny ops: thread synchronisation dominates, so one thread is faster (4-10x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return farthest_point_sample(torch.from_numpy(pos), num_points).numpy()
-    finally:
-        torch.set_num_threads(threads)
+def fps_order(pos: np.ndarray, m: int | None = None) -> np.ndarray:
+    """A permutation of the N points whose first ``m`` entries (default all) are in farthest-point order.
+
+    FPS starts at the point farthest from the cloud's mean (order-independent up to exact ties). Points at
+    distance zero from the chosen set (duplicates) come last, in their original order, as does everything
+    after the first ``m``. By FPS's prefix property, the first M' <= M entries are an FPS of the first M
+    (started at the same point): one order serves every stage of the backbone (docs/operator.md §2).
+
+    Shapes:
+        pos: ``[N, >=3]``; returns ``[N]`` int64.
+    """
+    n = len(pos)
+    m = n if m is None else min(m, n)
+    p = np.ascontiguousarray(pos[:, :3], dtype=np.float32)
+    start = int(np.square(p - p.mean(axis=0)).sum(axis=1).argmax())
+    picked = fpsample.fps_sampling(p, m, start_idx=start).astype(np.int64)
+    _, first = np.unique(picked, return_index=True)  # fpsample repeats indices once only duplicates are left
+    head = picked[np.sort(first)]
+    rest = np.setdiff1d(np.arange(n), head, assume_unique=True)  # ascending: the original order
+    return np.concatenate([head, rest])
 
 
 def select_points(
@@ -37,7 +51,6 @@ def select_points(
     if method not in ("fps", "random"):
         raise ValueError(f"unknown sampling {method!r}: expected 'fps' or 'random'")
     out = np.empty((len(clouds), num_points), dtype=np.int64)
-    big = []
     for i, c in enumerate(clouds):
         n = len(c)
         if n <= num_points:
@@ -45,14 +58,5 @@ def select_points(
         elif method == "random":
             out[i] = rng.choice(n, num_points, replace=False)
         else:
-            big.append(i)
-    big.sort(key=lambda i: len(clouds[i]))  # similar sizes share a chunk: little padding
-    for start in range(0, len(big), FPS_CHUNK):
-        chunk = big[start : start + FPS_CHUNK]
-        width = max(len(clouds[i]) for i in chunk)
-        # pad each cloud to `width` with repeats of its own points: a repeat is never farther than its original
-        pos = np.stack([clouds[i][np.arange(width) % len(clouds[i]), :3] for i in chunk])
-        idx = _fps_single_thread(np.ascontiguousarray(pos, np.float32), num_points)
-        for row, i in zip(idx, chunk, strict=True):
-            out[i] = row % len(clouds[i])
+            out[i] = fps_order(c, num_points)[:num_points]
     return out

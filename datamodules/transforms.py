@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from datamodules.sampling import fps_order
+
 
 def normalize_unit_sphere(pos: np.ndarray) -> np.ndarray:
     """Centre ``[..., N, 3]`` clouds on their mean and scale them so the farthest point has norm 1."""
@@ -79,3 +81,32 @@ class Augment:
         if normal is not None:
             s["normal"] = normal
         return s
+
+
+@dataclass
+class FPSOrder:
+    """Deliver each sample's points in farthest-point order (after augmentation), so that every stage's
+    seeds are a prefix of the cloud and the model samples nothing (docs/batch.md, docs/operator.md §2).
+
+    Attributes:
+        points: how many leading points to order (``None``: all; the rest follow in their current order).
+    """
+
+    points: int | None = None
+
+    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Reorder ``pos`` and the other per-point keys (``normal``, ``part``) alike (a new dict)."""
+        order = torch.from_numpy(fps_order(sample["pos"].numpy(), self.points))
+        return {k: v[order] if k in ("pos", "normal", "part") else v for k, v in sample.items()}
+
+
+@dataclass
+class Chain:
+    """Apply ``transforms`` in turn (picklable, for loader workers)."""
+
+    transforms: tuple
+
+    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample

@@ -1,10 +1,12 @@
 """The centroid-transformer backbone: a point-wise stem, then S stages N_s points → M_s centroids.
 
 Wu, Liu & Liu, "Centroid Transformers: Learning to Abstract with Attention", arXiv 2102.08606 (§4 of
-``shared/paper.md``). Each stage = KNN initialisation of the centroids (§2) + T steps of centroid attention
+``docs/operator.md``). Each stage = KNN initialisation of the centroids (§2) + T steps of centroid attention
 (§1, local by default, §3) + optional self-attention blocks among the centroids.
 
-Clouds in a batch share one size N: the data side resamples every cloud to a fixed N (no padding mask here).
+Clouds in a batch share one size N: the data side resamples every cloud to a fixed N (no padding mask here)
+and delivers its points in farthest-point order, so with ``sampling="prefix"`` every stage's seeds are the
+first M_s points and nothing is sampled in the model (docs/batch.md).
 
 Shapes:
     pos ``[B, N, 3]``, x ``[B, N, in_channels]`` (or ``None``) → stage s: pos ``[B, M_s, 3]``, feat
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
 from models.ops import farthest_point_sample, gather, knn, random_sample
 
-Sampling = Literal["fps", "random"]
+Sampling = Literal["prefix", "fps", "random"]
 
 
 @dataclass
@@ -53,7 +55,7 @@ def _check_sizes(stage: int, n_in: int, m: int, k: int, k_attn: int) -> None:
 
 
 class KNNInit(nn.Module):
-    """Initial centroid features from the k nearest inputs of each seed (paper.md §2 choice).
+    """Initial centroid features from the k nearest inputs of each seed (docs/operator.md §2 choice).
 
         u_i⁰ = W_2 · max_{j ∈ kNN(i)} ReLU(LN(W_1 [x_j, p_j − p_i])) + b_2
 
@@ -62,7 +64,7 @@ class KNNInit(nn.Module):
     ``W_x x_j + W_p (p_j − p_i)`` so that ``W_x x`` is computed once on the N inputs before being
     gathered M·k times.
 
-    Shapes: x ``[B, N, C_in]``, pos ``[B, N, 3]``, seed_pos ``[B, M, 3]``, neighbors ``[B, M, k]`` →
+    Shapes: x ``[B, N, C_in]``, rel ``[B, M, k, 3]`` (the offsets p_j − p_i), neighbors ``[B, M, k]`` →
     ``[B, M, C]``.
     """
 
@@ -73,23 +75,26 @@ class KNNInit(nn.Module):
         self.act = nn.Sequential(nn.LayerNorm(out_dim), nn.ReLU())
         self.proj = nn.Linear(out_dim, out_dim)
 
-    def forward(self, x: Tensor, pos: Tensor, seed_pos: Tensor, neighbors: Tensor) -> Tensor:
-        rel = gather(pos, neighbors) - seed_pos.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
+    def forward(self, x: Tensor, rel: Tensor, neighbors: Tensor) -> Tensor:
         h = gather(self.embed_x(x), neighbors) + self.embed_pos(rel)  # (B, M, k, C)
         return self.proj(self.act(h).amax(dim=2))  # max-pool over the k neighbours, (B, M, C)
 
 
 class CentroidStage(nn.Module):
-    """N points → M centroids: seeds (FPS/random) + KNN init + centroid attention + self-attention.
+    """N points → M centroids: seeds + KNN init + centroid attention + self-attention among the centroids.
 
     Args:
         in_dim, out_dim: feature width of the stage's inputs and of its centroids.
         num_centroids: M.
         k: neighbours for the KNN initialisation; k_attn: neighbours each centroid attends to in local
-            mode (default k; paper.md §3).
-        steps, heads, mode, pos_encoding, clustering_norm, ffn_ratio, dropout: of the
+            mode (default k; docs/operator.md §3).
+        steps, heads, mode, pos_encoding, clustering_norm, ffn_ratio, dropout, layer_scale: of the
             :class:`~models.centroid_attention.CentroidAttentionBlock`.
-        sampling: seeds by ``"fps"`` (order-independent, paper.md §2 choice) or ``"random"``.
+        sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
+            data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
+            or ``"random"`` (docs/operator.md §2 choice).
+        normalize_offsets: divide the offsets ``p_j − p_i`` by the cloud's mean neighbourhood radius, so the
+            position codes see O(1) inputs at every stage whatever the cloud's scale (docs/operator.md §5).
         self_attention_blocks: standard pre-norm self-attention layers among the M centroids afterwards
             (global, no position code: centroid attention with u = x and T = 1 is exactly that).
     """
@@ -99,6 +104,7 @@ class CentroidStage(nn.Module):
         in_dim: int,
         out_dim: int,
         num_centroids: int,
+        *,
         k: int = 16,
         k_attn: int | None = None,
         steps: int = 2,
@@ -108,41 +114,62 @@ class CentroidStage(nn.Module):
         self_attention_blocks: int = 0,
         clustering_norm: bool = False,
         pos_encoding: bool = True,
+        normalize_offsets: bool = False,
         ffn_ratio: float = 2.0,
         dropout: float = 0.0,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
-        if sampling not in ("fps", "random"):
-            raise ValueError(f"sampling must be 'fps' or 'random', got {sampling!r}")
+        if sampling not in ("prefix", "fps", "random"):
+            raise ValueError(f"sampling must be 'prefix', 'fps' or 'random', got {sampling!r}")
         if num_centroids < 1 or k < 1 or (k_attn is not None and k_attn < 1):
             raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
-        self.mode, self.sampling = mode, sampling
+        self.mode, self.sampling, self.normalize_offsets = mode, sampling, normalize_offsets
         self.init = KNNInit(in_dim, out_dim)
+        block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
         self.attention = CentroidAttentionBlock(
-            out_dim, heads, steps, ffn_ratio, mode, pos_encoding, clustering_norm, dropout=dropout, kv_dim=in_dim
-        )
+            out_dim, heads, steps, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
+            kv_dim=in_dim, **block,
+        )  # fmt: skip
         self.self_attention = nn.ModuleList(
-            CentroidAttentionBlock(out_dim, heads, 1, ffn_ratio, "global", False, dropout=dropout)
+            CentroidAttentionBlock(out_dim, heads, 1, mode="global", pos_encoding=False, **block)
             for _ in range(self_attention_blocks)
         )
 
     def extra_repr(self) -> str:
-        return f"num_centroids={self.num_centroids}, k={self.k}, k_attn={self.k_attn}, sampling={self.sampling}"
+        return (f"num_centroids={self.num_centroids}, k={self.k}, k_attn={self.k_attn}, sampling={self.sampling}, "
+                f"normalize_offsets={self.normalize_offsets}")  # fmt: skip
+
+    def seeds(self, pos: Tensor) -> Tensor:
+        """Indices ``[B, M]`` long of the stage's seeds among its inputs ``pos [B, N, 3]``."""
+        if self.sampling == "prefix":  # FPS's prefix property: the first M of an FPS order are an FPS
+            return torch.arange(self.num_centroids, device=pos.device).expand(pos.shape[0], -1)
+        if self.sampling == "fps":
+            return farthest_point_sample(pos, self.num_centroids)
+        return random_sample(pos, self.num_centroids)
 
     def forward(self, pos: Tensor, x: Tensor, return_attention: bool = False, stage: int = 1) -> StageOutput:
         """pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → :class:`StageOutput` with M centroids of width out_dim."""
         n_in = pos.shape[1]
         _check_sizes(stage, n_in, self.num_centroids, self.k, self.k_attn)
-        if self.sampling == "fps":
-            seed_idx = farthest_point_sample(pos, self.num_centroids)  # (B, M)
-        else:
-            seed_idx = random_sample(pos, self.num_centroids)
-        seed_pos = gather(pos, seed_idx)  # (B, M, 3); centroids stay at their seeds (paper.md §2 choice)
-        nearest = knn(seed_pos, pos, max(self.k, self.k_attn))  # (B, M, max(k, k_attn)), nearest first
+        seed_idx = self.seeds(pos)  # (B, M)
+        seed_pos = gather(pos, seed_idx) if self.sampling != "prefix" else pos[:, : self.num_centroids]  # (B, M, 3)
+        # centroids stay at their seeds (docs/operator.md §2 choice)
+        nearest = knn(seed_pos, pos, max(self.k, self.k_attn), validate=False)  # (B, M, max(k, k_attn)), nearest first
+        rel = gather(pos, nearest) - seed_pos.unsqueeze(2)  # p_j − p_i, (B, M, max(k, k_attn), 3)
+        if self.normalize_offsets:  # per cloud: the mean over centroids of the farthest neighbour's distance
+            radius = rel[:, :, : self.k].norm(dim=-1).amax(-1).mean(-1)  # (B,)
+            rel = rel / radius.clamp_min(torch.finfo(rel.dtype).eps).view(-1, 1, 1, 1)
         neighbors, attn_neighbors = nearest[..., : self.k], nearest[..., : self.k_attn]
-        u = self.init(x, pos, seed_pos, neighbors)  # (B, M, C)
-        u, weights = self.attention(u, x, seed_pos, pos, attn_neighbors, return_attention=return_attention)
+        u = self.init(x, rel[:, :, : self.k], neighbors)  # (B, M, C)
+        if self.mode == "local":
+            attn_rel = rel[:, :, : self.k_attn]
+        else:  # global: every input is a neighbour, (B, M, N, 3)
+            attn_rel = pos.unsqueeze(1) - seed_pos.unsqueeze(2)
+            if self.normalize_offsets:
+                attn_rel = attn_rel / radius.clamp_min(torch.finfo(rel.dtype).eps).view(-1, 1, 1, 1)
+        u, weights = self.attention(u, x, neighbors=attn_neighbors, return_attention=return_attention, rel_pos=attn_rel)
         for block in self.self_attention:
             u, _ = block(u, u)
         assignment = None
@@ -156,14 +183,15 @@ class CentroidStage(nn.Module):
 
 
 class CentroidBackbone(nn.Module):
-    """Stem + S centroid stages (paper.md §4). Default: 1024 → 512 → 256 → 128 with widths 64 → 128 → 256 → 512.
+    """Stem + S centroid stages (docs/operator.md §4). Default: 1024 → 512 → 256 → 128 with widths 64 → 128 → 256 → 512.
 
     Args:
         in_channels: per-point input features besides xyz (0: positions only, 3: normals).
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            ffn_ratio, dropout: shared by every stage, see :class:`CentroidStage`.
+            normalize_offsets, ffn_ratio, dropout, layer_scale: shared by every stage, see
+            :class:`CentroidStage`.
 
     Attributes:
         out_channels: ``widths[-1]``; channels: ``[stem_width, *widths]``.
@@ -175,6 +203,7 @@ class CentroidBackbone(nn.Module):
         stem_width: int = 64,
         num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- lists of ints for jsonargparse, never mutated
         widths: list[int] = [128, 256, 512],  # noqa: B006
+        *,
         k: int = 16,
         k_attn: int | None = None,
         steps: int = 2,
@@ -184,8 +213,10 @@ class CentroidBackbone(nn.Module):
         self_attention_blocks: int = 0,
         clustering_norm: bool = False,
         pos_encoding: bool = True,
+        normalize_offsets: bool = False,
         ffn_ratio: float = 2.0,
         dropout: float = 0.0,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         if len(num_centroids) != len(widths) or not widths:
@@ -198,20 +229,20 @@ class CentroidBackbone(nn.Module):
         self.stem = nn.Sequential(
             nn.Linear(3 + in_channels, stem_width), nn.LayerNorm(stem_width), nn.ReLU(), nn.Linear(stem_width, stem_width)
         )
+        shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode, sampling=sampling,
+                      self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
+                      pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
+                      dropout=dropout, layer_scale=layer_scale)  # fmt: skip
         self.stages = nn.ModuleList(
-            CentroidStage(
-                c_in, c_out, m, k, k_attn, steps, heads, mode, sampling, self_attention_blocks,
-                clustering_norm, pos_encoding, ffn_ratio, dropout,
-            )
-            for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
-        )  # fmt: skip
+            CentroidStage(c_in, c_out, m, **shared) for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
+        )
 
     def _check_input(self, pos: Tensor, x: Tensor | None) -> None:
         if pos.dim() != 3 or pos.shape[-1] != 3:
             raise ValueError(f"pos must have shape [B, N, 3], got {tuple(pos.shape)}")
         if pos.shape[1] == 0:
             raise ValueError("pos is empty: a point cloud needs at least one point")
-        if not torch.isfinite(pos).all():
+        if not torch.compiler.is_compiling() and not torch.isfinite(pos).all():  # one host sync per forward
             raise ValueError("pos contains NaN or infinite coordinates")
         if self.in_channels == 0 and x is not None:
             raise ValueError(f"x was given with shape {tuple(x.shape)} but the backbone has in_channels=0")

@@ -1,7 +1,7 @@
 """Centroid attention.
 
 Lemeng Wu, Xingchao Liu, Qiang Liu, "Centroid Transformers: Learning to Abstract with Attention",
-arXiv 2102.08606 (https://arxiv.org/abs/2102.08606). Equations and choices: ``shared/paper.md``.
+arXiv 2102.08606 (https://arxiv.org/abs/2102.08606). Equations, symbols and choices: ``docs/operator.md``.
 
 One centroid attention step maps N inputs ``x_1..x_N`` (positions ``p_j``) to M centroids ``u_1..u_M``
 (positions ``p_i``). With h heads of width d (``C = h * d``), per head:
@@ -42,15 +42,18 @@ Mode = Literal["local", "global"]
 
 @dataclass
 class KeyValues:
-    """Keys and values of the inputs, computed once and reused by every one of the T steps.
+    """What the T steps share: the projected inputs and the hidden position code, computed once.
 
-    ``key``/``value`` are ``[B, N, h, d]`` when shared by all centroids (global mode without position
-    code) or ``[B, M, h, K, d]`` per centroid (local mode, or global mode with position code, K = N).
-    ``index`` ``[B, M, K]`` long gives the input index of each per-centroid key (``None`` when shared).
+    ``key``/``value``: ``[B, N, C]`` shared by every centroid (``index`` is ``None``: global mode) or
+    ``[B, M, K, C]`` gathered per centroid (local mode; ``index [B, M, K]`` long gives the input index of
+    each). ``rel``: the hidden layer ``r_ij = ReLU(W_1 (p_j − p_i) + b_1)`` of the relative-position code,
+    ``[B, M, K|N, e]``, or ``None`` without position code. The code's last layer ``δ_ij = W_2 r_ij + b_2`` is
+    never built per pair on the fast path (see :meth:`CentroidAttention.attend`).
     """
 
     key: Tensor
     value: Tensor
+    rel: Tensor | None
     index: Tensor | None
     num_inputs: int
 
@@ -62,13 +65,15 @@ class CentroidAttention(nn.Module):
         dim: width C of the centroids and of the output; ``dim % heads == 0``.
         heads: number of heads h (head width d = C / h).
         mode: ``"local"`` (each centroid attends to its K gathered neighbours) or ``"global"`` (all N).
-        pos_encoding: add ``MLP(p_j − p_i)`` to keys and values (paper.md §2). In global mode this is an
-            ``[B, M, N, C]`` tensor (memory ``O(M·N·C)``): use it for small sets only, or switch it off,
-            which lets global mode use ``scaled_dot_product_attention`` with no per-pair tensor.
-        clustering_norm: normalise over centroids first, then over inputs (paper.md §1 choice).
-        reference: use the plain manual-softmax path (einsum) instead of ``scaled_dot_product_attention``.
+        pos_encoding: add ``δ_ij = MLP(p_j − p_i)`` to keys and values (docs/operator.md §2).
+        clustering_norm: normalise over centroids first, then over inputs (docs/operator.md §1 choice).
+        reference: use the plain path written from the formula (``k_ij + δ_ij`` built per pair, einsum and
+            softmax) instead of the fast path; both are kept and tested against each other.
         dropout: dropout on the attention weights (training only).
         kv_dim: width of the inputs x (default ``dim``): centroids and inputs may differ in width.
+        max_rows: the fast path processes at most this many centroids (B·M rows) per batched matmul
+            (``None``: all at once). GPU kernels limit a launch's batch dimension (B·M > 65 535 broke the
+            per-centroid SDPA call); chunking keeps every launch under any such limit.
 
     Shapes: see the module docstring.
     """
@@ -83,22 +88,26 @@ class CentroidAttention(nn.Module):
         reference: bool = False,
         dropout: float = 0.0,
         kv_dim: int | None = None,
+        max_rows: int | None = 32768,
     ) -> None:
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         if mode not in ("local", "global"):
             raise ValueError(f"mode must be 'local' or 'global', got {mode!r}")
+        if max_rows is not None and max_rows < 1:
+            raise ValueError(f"max_rows={max_rows} must be at least 1 (or None)")
         kv_dim = dim if kv_dim is None else kv_dim
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
         self.mode, self.clustering_norm, self.reference, self.dropout = mode, clustering_norm, reference, dropout
+        self.max_rows = max_rows
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(kv_dim, dim)
         self.to_v = nn.Linear(kv_dim, dim)
         self.to_out = nn.Linear(dim, dim)
-        # paper.md §2 choice: a small MLP 3 → d → C of the relative position, added to keys and values.
-        # Its hidden width is the head width d (not C): the last layer runs on M·K pairs, so C → C would
-        # cost as much as the attention itself.
+        # docs/operator.md §2 choice: a small MLP 3 → e → C of the relative position (e = d, the head width),
+        # added to keys and values. Only its hidden layer runs on the M·K pairs; the last layer is moved out
+        # of the pairs exactly (see `attend`).
         self.pos_mlp = (
             nn.Sequential(nn.Linear(3, self.head_dim), nn.ReLU(), nn.Linear(self.head_dim, dim)) if pos_encoding else None
         )
@@ -111,48 +120,59 @@ class CentroidAttention(nn.Module):
 
     # -- keys and values (fixed across the T steps) -------------------------------------------------
     def keys_values(
-        self, x: Tensor, pos_u: Tensor | None = None, pos_x: Tensor | None = None, neighbors: Tensor | None = None
+        self,
+        x: Tensor,
+        pos_u: Tensor | None = None,
+        pos_x: Tensor | None = None,
+        neighbors: Tensor | None = None,
+        rel_pos: Tensor | None = None,
     ) -> KeyValues:
-        """Project (and, in local mode, gather) the inputs once; the T steps only recompute queries."""
+        """Project (and, in local mode, gather) the inputs once; the T steps only recompute queries.
+
+        ``rel_pos`` ``[B, M, K|N, 3]``: the offsets ``p_j − p_i`` when the caller already has them (the stage
+        computes them once for the KNN initialisation and the attention); otherwise built from the positions.
+        """
         B, N, _ = x.shape
-        h, d = self.heads, self.head_dim
-        if self.pos_mlp is not None and (pos_u is None or pos_x is None):
+        if self.pos_mlp is not None and rel_pos is None and (pos_u is None or pos_x is None):
             raise ValueError("pos_encoding needs pos_u [B, M, 3] and pos_x [B, N, 3]")
-        k, v = self.to_k(x), self.to_v(x)  # (B, N, C): project N inputs before gathering M·K copies
-        if self.mode == "local":
-            if neighbors is None:
-                raise ValueError("local mode needs neighbors [B, M, K] (indices of each centroid's inputs)")
-            index = neighbors
+        if self.mode == "local" and neighbors is None:
+            raise ValueError("local mode needs neighbors [B, M, K] (indices of each centroid's inputs)")
+        k, v = self.to_k(x), self.to_v(x)  # (B, N, C): project the N inputs before gathering M·K copies
+        index = neighbors if self.mode == "local" else None
+        if index is not None:
             k, v = gather(k, index), gather(v, index)  # (B, M, K, C)
-        elif self.pos_mlp is not None:  # global with position code: every input is a neighbour
-            M = pos_u.shape[1]
-            index = torch.arange(N, device=x.device).expand(B, M, N)  # (B, M, N)
-            k, v = k.unsqueeze(1).expand(-1, M, -1, -1), v.unsqueeze(1).expand(-1, M, -1, -1)  # (B, M, N, C)
-        else:  # global without position code: keys shared by all centroids
-            return KeyValues(k.view(B, N, h, d), v.view(B, N, h, d), None, N)
+        rel = None
         if self.pos_mlp is not None:
-            delta = self.pos_mlp(gather(pos_x, index) - pos_u.unsqueeze(2))  # δ_ij = MLP(p_j − p_i), (B, M, K, C)
-            k, v = k + delta, v + delta
-        M, K = index.shape[1], index.shape[2]
-        k = k.reshape(B, M, K, h, d).transpose(2, 3)  # (B, M, h, K, d), a strided view
-        v = v.reshape(B, M, K, h, d).transpose(2, 3)
-        return KeyValues(k, v, index, N)
+            if rel_pos is None:
+                others = pos_x.unsqueeze(1) if index is None else gather(pos_x, index)  # (B, 1|M, N|K, 3)
+                rel_pos = others - pos_u.unsqueeze(2)  # p_j − p_i, (B, M, K|N, 3)
+            rel = self.pos_mlp[1](self.pos_mlp[0](rel_pos))  # r_ij, (B, M, K|N, e)
+        return KeyValues(k, v, rel, index, N)
 
     # -- one attention step ---------------------------------------------------------------------------
     def attend(self, u: Tensor, kv: KeyValues, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """``W_o Σ_j a_ij v_ij`` for every centroid; also the weights ``a`` when ``need_weights``.
 
-        Returns the update ``[B, M, C]`` (not yet added to u) and ``[B, h, M, K|N]`` or ``None``.
+        Fast path (exact, docs/operator.md §2): with ``δ_ij = W_2 r_ij + b_2`` split per head h as
+        ``W_2^h`` ``[d, e]``,
+
+            q_i^h · (k_j^h + δ_ij^h) = q_i^h · k_j^h + (W_2^hᵀ q_i^h) · r_ij + q_i^h · b_2^h
+            Σ_j a_ij (v_j^h + δ_ij^h) = Σ_j a_ij v_j^h + W_2^h (Σ_j a_ij r_ij) + b_2^h Σ_j a_ij
+
+        so only the e-wide ``r_ij`` lives per pair; ``q_i^h · b_2^h`` is the same for every j and cancels in
+        the softmax over j. Returns the update ``[B, M, C]`` (not yet added to u) and ``[B, h, M, K|N]`` or
+        ``None``.
         """
         B, M, _ = u.shape
         q = self.to_q(u).view(B, M, self.heads, self.head_dim)  # (B, M, h, d)
         p = self.dropout if self.training else 0.0
-        if self.reference or self.clustering_norm or need_weights:
+        if self.reference or self.clustering_norm:
             out, weights = self._manual(q, kv, p)
-            weights = weights if need_weights else None
-        else:
+        elif kv.index is None and kv.rel is None and not need_weights:
             out, weights = self._sdpa(q, kv, p), None
-        return self.to_out(out.reshape(B, M, self.dim)), weights
+        else:
+            out, weights = self._fast(q, kv, p)
+        return self.to_out(out.reshape(B, M, self.dim)), weights if need_weights else None
 
     def forward(
         self,
@@ -167,40 +187,83 @@ class CentroidAttention(nn.Module):
         return self.attend(u, self.keys_values(x, pos_u, pos_x, neighbors), need_weights=return_attention)
 
     def _sdpa(self, q: Tensor, kv: KeyValues, p: float) -> Tensor:
-        """Fast path via ``scaled_dot_product_attention``; returns ``[B, M, h, d]``."""
+        """Global mode without position code: one (M × N) SDPA per batch and head; returns ``[B, M, h, d]``."""
+        B, N, h, d = q.shape[0], kv.num_inputs, self.heads, self.head_dim
+        key, value = kv.key.view(B, N, h, d).transpose(1, 2), kv.value.view(B, N, h, d).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), key, value, dropout_p=p)  # (B, h, M, d)
+        return out.transpose(1, 2)
+
+    def _fast(self, q: Tensor, kv: KeyValues, p: float) -> tuple[Tensor, Tensor]:
+        """The factorised position code with batched matmuls, chunked over centroids; ``[B, M, h, d]`` + weights."""
         B, M, h, d = q.shape
-        if kv.index is None:  # global: one (M × N) attention per batch and head
-            out = F.scaled_dot_product_attention(
-                q.transpose(1, 2), kv.key.transpose(1, 2), kv.value.transpose(1, 2), dropout_p=p
-            )  # (B, h, M, d)
-            return out.transpose(1, 2)
-        # per-centroid keys: every centroid is its own batch entry with one query and K keys
-        K = kv.key.shape[3]
-        key, value = kv.key.view(B * M, h, K, d), kv.value.view(B * M, h, K, d)  # (B·M, h, K, d)
-        out = F.scaled_dot_product_attention(q.reshape(B * M, h, 1, d), key, value, dropout_p=p)  # (B·M, h, 1, d)
-        return out.view(B, M, h, d)
+        if kv.index is None:  # shared keys: centroids are independent given them, chunk along M
+            chunk = M if self.max_rows is None else max(1, self.max_rows // B)
+            parts = [self._fast_rows(q[:, s : s + chunk], kv.key, kv.value, None if kv.rel is None else
+                                     kv.rel[:, s : s + chunk], p) for s in range(0, M, chunk)]  # fmt: skip
+        else:  # per-centroid keys: flatten B·M into rows and chunk them
+            K = kv.key.shape[2]
+            rows, chunk = B * M, B * M if self.max_rows is None else self.max_rows
+            qf, kf, vf = q.reshape(rows, 1, h, d), kv.key.reshape(rows, K, -1), kv.value.reshape(rows, K, -1)
+            rf = None if kv.rel is None else kv.rel.reshape(rows, 1, K, -1)
+            parts = [self._fast_rows(qf[s : s + chunk], kf[s : s + chunk], vf[s : s + chunk],
+                                     None if rf is None else rf[s : s + chunk], p) for s in range(0, rows, chunk)]  # fmt: skip
+        out = torch.cat([o for o, _ in parts], dim=1 if kv.index is None else 0).view(B, M, h, d)
+        weights = torch.cat([w for _, w in parts], dim=2 if kv.index is None else 0)
+        if kv.index is not None:
+            weights = weights.view(B, M, h, -1).transpose(1, 2)  # (B, h, M, K)
+        return out, weights
+
+    def _fast_rows(self, q: Tensor, key: Tensor, value: Tensor, rel: Tensor | None, p: float) -> tuple[Tensor, Tensor]:
+        """Attention of R query rows on their J keys: ``q [R, Q, h, d]``, key/value ``[R, J, C]``, rel ``[R, Q, J, e]``.
+
+        R = B and Q = M chunk for shared keys; R = B·M chunk and Q = 1 for per-centroid keys. Returns
+        ``[R, Q, h, d]`` and the weights ``[R, h, Q, J]``.
+        """
+        R, Q, h, d = q.shape
+        J = key.shape[1]
+        qh = q.transpose(1, 2)  # (R, h, Q, d)
+        kh = key.view(R, J, h, d).permute(0, 2, 3, 1)  # (R, h, d, J)
+        vh = value.view(R, J, h, d).transpose(1, 2)  # (R, h, J, d)
+        logits = qh @ kh  # (R, h, Q, J)
+        if rel is not None:
+            w2 = self.pos_mlp[2].weight.view(h, d, -1)  # W_2^h, (h, d, e)
+            q_rel = torch.einsum("rhqd,hde->rqhe", qh, w2)  # W_2^hᵀ q_i^h, (R, Q, h, e)
+            logits = logits + (q_rel @ rel.transpose(-1, -2)).transpose(1, 2)  # (R, Q, h, J) -> (R, h, Q, J)
+        weights = (logits * self.head_dim**-0.5).softmax(dim=-1)  # a_ij: softmax over the inputs j (§1)
+        dropped = F.dropout(weights, p) if p > 0 else weights
+        out = (dropped @ vh).transpose(1, 2)  # (R, Q, h, d)
+        if rel is not None:
+            mixed = dropped.transpose(1, 2) @ rel  # Σ_j a_ij r_ij, (R, Q, h, e)
+            bias = self.pos_mlp[2].bias.view(h, d)
+            total = dropped.sum(-1).transpose(1, 2).unsqueeze(-1) if p > 0 else 1.0  # Σ_j a_ij
+            out = out + torch.einsum("rqhe,hde->rqhd", mixed, w2) + bias * total
+        return out, weights
 
     def _manual(self, q: Tensor, kv: KeyValues, p: float) -> tuple[Tensor, Tensor]:
-        """Reference path written from the formula; returns ``[B, M, h, d]`` and the weights."""
-        scale = 1.0 / math.sqrt(self.head_dim)
-        if kv.index is None:
-            logits = torch.einsum("bmhd,bnhd->bhmn", q, kv.key) * scale  # (B, h, M, N)
-        else:
-            logits = torch.einsum("bmhd,bmhkd->bhmk", q, kv.key) * scale  # (B, h, M, K)
+        """Reference path written from the formula; returns ``[B, M, h, d]`` and the weights ``[B, h, M, K|N]``."""
+        B, M, h, d = q.shape
+        key, value = kv.key, kv.value
+        if kv.rel is not None:  # δ_ij built per pair and added to keys and values, as the formula reads
+            delta = self.pos_mlp[2](kv.rel)  # (B, M, K|N, C)
+            if kv.index is None:
+                key, value = key.unsqueeze(1), value.unsqueeze(1)  # (B, 1, N, C)
+            key, value = key + delta, value + delta
+        if key.dim() == 3:  # shared by every centroid
+            key, value = key.unsqueeze(1), value.unsqueeze(1)  # (B, 1, N, C)
+        key = key.reshape(*key.shape[:3], h, d)  # (B, M|1, J, h, d)
+        value = value.reshape(*value.shape[:3], h, d)
+        logits = torch.einsum("bmhd,bmjhd->bhmj", q, key.expand(B, M, -1, -1, -1)) / math.sqrt(d)  # (B, h, M, J)
         if self.clustering_norm:
             weights = _clustering_normalise(logits, kv.index, kv.num_inputs)
         else:
-            weights = logits.softmax(dim=-1)  # a_ij = softmax over the inputs j (paper.md §1)
+            weights = logits.softmax(dim=-1)  # a_ij = softmax over the inputs j (docs/operator.md §1)
         dropped = F.dropout(weights, p) if p > 0 else weights
-        if kv.index is None:
-            out = torch.einsum("bhmn,bnhd->bmhd", dropped, kv.value)
-        else:
-            out = torch.einsum("bhmk,bmhkd->bmhd", dropped, kv.value)
+        out = torch.einsum("bhmj,bmjhd->bmhd", dropped, value.expand(B, M, -1, -1, -1))
         return out, weights
 
 
 def _clustering_normalise(logits: Tensor, index: Tensor | None, num_inputs: int) -> Tensor:
-    """**choice** (paper.md §1, off by default): soft k-means competition between centroids.
+    """**choice** (docs/operator.md §1, off by default): soft k-means competition between centroids.
 
     ``ã_ij = softmax_i(logits_ij)`` over the centroids i that see input j, then
     ``a_ij = ã_ij / Σ_j' ã_ij'`` over the inputs of centroid i.
@@ -249,18 +312,24 @@ class FeedForward(nn.Sequential):
 
 
 class CentroidAttentionBlock(nn.Module):
-    """T steps of pre-LayerNorm centroid attention + feed-forward, with SHARED weights (paper.md §1).
+    """T steps of pre-LayerNorm centroid attention + feed-forward, with SHARED weights (docs/operator.md §1).
 
     Per step t = 1..T (``x̂ = LN_x(x)`` computed once):
 
-        u ← u + CentroidAttention(LN_u(u), x̂)
-        u ← u + FFN(LN_f(u))
+        u ← u + γ_a ⊙ CentroidAttention(LN_u(u), x̂)
+        u ← u + γ_f ⊙ FFN(LN_f(u))
+
+    ``γ_a, γ_f`` (LayerScale, docs/operator.md §5 choice) are per-channel gains started at ``layer_scale``;
+    they only re-parametrise ``W_o`` and the FFN's last layer (the operator is unchanged) but let a stage
+    start close to its KNN-initialised centroids and grow the attention from there. ``layer_scale=None``
+    leaves them out (γ = 1).
 
     Args:
         dim, heads, mode, pos_encoding, clustering_norm, reference, dropout, kv_dim: as in
             :class:`CentroidAttention`.
-        steps: T, the number of unrolled steps (paper.md §1 choice: default 2).
+        steps: T, the number of unrolled steps (docs/operator.md §1 choice: default 2).
         ffn_ratio: hidden width of the feed-forward network as a multiple of ``dim``.
+        layer_scale: initial value of γ, or ``None`` for no gains.
 
     Shapes:
         u ``[B, M, C]``, x ``[B, N, C_in]`` → ``[B, M, C]`` and the last step's weights ``[B, h, M, K|N]``
@@ -279,6 +348,7 @@ class CentroidAttentionBlock(nn.Module):
         reference: bool = False,
         dropout: float = 0.0,
         kv_dim: int | None = None,
+        layer_scale: float | None = None,
     ) -> None:
         super().__init__()
         if steps < 1:
@@ -289,6 +359,10 @@ class CentroidAttentionBlock(nn.Module):
         self.attn = CentroidAttention(dim, heads, mode, pos_encoding, clustering_norm, reference, dropout, kv_dim)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, round(dim * ffn_ratio), dropout)
+        self.gamma_attn = self.gamma_ffn = None
+        if layer_scale is not None:
+            self.gamma_attn = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            self.gamma_ffn = nn.Parameter(torch.full((dim,), float(layer_scale)))
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}"
@@ -301,11 +375,17 @@ class CentroidAttentionBlock(nn.Module):
         pos_x: Tensor | None = None,
         neighbors: Tensor | None = None,
         return_attention: bool = False,
+        rel_pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        kv = self.attn.keys_values(self.norm_x(x), pos_u, pos_x, neighbors)  # inputs are fixed across steps
+        """``rel_pos`` ``[B, M, K, 3]``: precomputed offsets ``p_j − p_i`` (see :meth:`CentroidAttention.keys_values`)."""
+        kv = self.attn.keys_values(self.norm_x(x), pos_u, pos_x, neighbors, rel_pos)  # inputs fixed across steps
         weights = None
-        for t in range(self.steps):  # the same modules every step: the unrolled optimiser (paper.md §1)
+        for t in range(self.steps):  # the same modules every step: the unrolled optimiser (docs/operator.md §1)
             update, weights = self.attn.attend(self.norm_u(u), kv, need_weights=return_attention and t == self.steps - 1)
-            u = u + update
-            u = u + self.ffn(self.norm_ffn(u))
+            u = u + _scaled(update, self.gamma_attn)
+            u = u + _scaled(self.ffn(self.norm_ffn(u)), self.gamma_ffn)
         return u, weights
+
+
+def _scaled(update: Tensor, gamma: Tensor | None) -> Tensor:
+    return update if gamma is None else update * gamma

@@ -35,16 +35,15 @@ def _check_points(name: str, pos: Tensor) -> None:
 
 
 def gather(x: Tensor, idx: Tensor) -> Tensor:
-    """Gather rows of ``x`` along the point axis.
+    """Gather rows of ``x`` along the point axis (``index_select`` on the flattened batch: one read per row).
 
     Shapes:
         x: ``[B, N, C]``; idx: ``[B, *S]`` long with values in ``[0, N)``.
         returns ``[B, *S, C]``.
     """
-    B, _, C = x.shape
-    flat = idx.reshape(B, -1)  # (B, prod(S))
-    out = torch.gather(x, 1, flat.unsqueeze(-1).expand(-1, -1, C))
-    return out.reshape(*idx.shape, C)
+    B, N, C = x.shape
+    offset = torch.arange(B, device=idx.device).view(B, *[1] * (idx.dim() - 1)) * N
+    return x.reshape(B * N, C).index_select(0, (idx + offset).reshape(-1)).view(*idx.shape, C)
 
 
 def knn(
@@ -53,10 +52,14 @@ def knn(
     k: int,
     chunk_size: int = 2048,
     method: Literal["auto", "brute", "grid"] = "auto",
+    validate: bool = True,
 ) -> Tensor:
     """Indices of the ``k`` nearest ``points`` of every ``query`` (squared Euclidean distance).
 
     Ties are broken by the lower index (stable sort), so the result is deterministic.
+
+    ``validate=False`` skips the shape and finiteness checks (each costs a device-to-host sync); the model
+    checks its input once and passes ``False``.
 
     ``method``: ``"brute"`` is the chunked ``O(M·N)`` reference; ``"grid"`` the exact sorted-cell search
     of ``models.spatial.grid_knn`` (same neighbour sets, up to points at exactly equal distance;
@@ -66,8 +69,9 @@ def knn(
         query: ``[B, M, 3]``; points: ``[B, N, 3]``.
         returns ``[B, M, k]`` long, nearest first.
     """
-    _check_points("query", query)
-    _check_points("points", points)
+    if validate:
+        _check_points("query", query)
+        _check_points("points", points)
     if query.shape[0] != points.shape[0]:
         raise ValueError(f"batch sizes differ: query {query.shape[0]} vs points {points.shape[0]}")
     n = points.shape[1]
