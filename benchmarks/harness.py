@@ -10,9 +10,15 @@ What is measured:
 - ``infer_sps``: samples per second of ``torch.inference_mode`` forward passes (median batch time).
 - ``peak_mib``: CPU — the increase of the process's peak resident set size (``ru_maxrss``) over the
   resident size just before the first step: everything the forward + backward allocated (activations,
-  gradients, workspaces, allocator slack) at its high-water mark. CUDA — ``torch.cuda.max_memory_allocated``.
-- ``gflops``: forward FLOPs per sample counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls,
-  attention; gathers, scatters, sorts and elementwise ops count zero).
+  gradients, workspaces, allocator slack) at its high-water mark. CUDA — ``torch.cuda.max_memory_allocated``
+  over what was allocated before the first step (exact; cells then run in one process, see app.benchmark).
+- ``gflops``: forward FLOPs per sample (2 × MACs) counted by ``torch.utils.flop_counter.FlopCounterMode``:
+  every matmul and attention kernel (SDPA forced onto its math kernel while counting); gathers, scatters,
+  sorts, elementwise ops and the neighbour search count zero.
+
+Inputs are surface-like clouds in farthest-point order (what the data side delivers, ``sampling="prefix"``):
+no model samples seeds inside the timed step; the data side's ordering and the in-model kNN/FPS are timed
+on their own as ops.
 """
 
 from __future__ import annotations
@@ -29,41 +35,66 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
 from models.backbone import CentroidBackbone
 from models.flops import count_parameters
+from datamodules.sampling import fps_order
 from models.heads import ClassificationHead
 from models.ops import farthest_point_sample, knn
 
-# name -> (label, backbone factory(in_channels, num_centroids)); all at stem 64, widths 128/256/512, k 16.
-MODELS: dict[str, tuple[str, Callable[[int, list[int]], nn.Module]]] = {
-    "centroid_local": ("Centroid (local)", lambda c, m: CentroidBackbone(c, num_centroids=m, mode="local")),
-    "centroid_global": ("Centroid (global)", lambda c, m: CentroidBackbone(c, num_centroids=m, mode="global")),
-    "full_attention": ("Full self-attention", lambda c, m: FullAttentionBackbone(c, num_centroids=m)),
-    "pointnet2": ("PointNet++ SSG", lambda c, m: PointNet2SSG(c, num_centroids=m)),
-    "dgcnn": ("DGCNN", lambda c, m: DGCNN(c, num_centroids=m)),
-}
-# Neighbour search and sampling per batch: kNN (k = 16) of M = N/2 queries among N points; FPS of N/2.
-OPS = ("knn_auto", "knn_brute", "fps_auto", "fps_exact", "knn_torch_cluster", "fps_torch_cluster")
+# name -> (label, backbone factory(in_channels, num_centroids, steps, sampling)); all at stem 64, widths
+# 128/256/512, k 16, 4 heads; every model picks its seeds the same way (``sampling``).
+Factory = Callable[..., nn.Module]
+MODELS: dict[str, tuple[str, Factory]] = {
+    "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], mode="local", steps=t, sampling=s, **kw)),
+    "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], mode="global", steps=t, sampling=s, **kw)),
+    "full_attention": ("Full self-attention", lambda c, m, w, t, s: FullAttentionBackbone(c, w[0], m, w[1:], steps=t, sampling=s)),
+    "pointnet2": ("PointNet++ SSG", lambda c, m, w, t, s: PointNet2SSG(c, w[0], m, w[1:], sampling=s)),
+    "dgcnn": ("DGCNN", lambda c, m, w, t, s: DGCNN(c, w[0], m, w[1:], sampling=s)),
+}  # fmt: skip
+# Neighbour search and sampling per batch: kNN (k = 16) of M = N/2 queries among N points; FPS of N/2 in the
+# model (torch); the data side's FPS order of every cloud (fpsample, in loader workers, one cloud at a time).
+OPS = ("knn_auto", "knn_brute", "fps_auto", "fps_exact", "fps_order_data", "knn_torch_cluster", "fps_torch_cluster")
+#: Default stage schedule: stage s keeps N / RATIOS[s] centroids (1024 → 512 → 256 → 128).
+RATIOS = (2, 4, 8)
+#: Stem width, then each stage's width (the centroid backbone's defaults).
+WIDTHS = (64, 128, 256, 512)
 
 
-def num_centroids(num_points: int) -> list[int]:
-    """The default 1024 → 512 → 256 → 128 schedule scaled to N: ``[N/2, N/4, N/8]``."""
-    return [max(1, num_points // 2), max(1, num_points // 4), max(1, num_points // 8)]
+def num_centroids(num_points: int, ratios: tuple[int, ...] | list[int] = RATIOS) -> list[int]:
+    """The stage schedule ``[N / r_1, N / r_2, ...]`` (at least one centroid each)."""
+    return [max(1, num_points // r) for r in ratios]
 
 
 def build_classifier(
-    name: str, num_points: int, num_classes: int, in_channels: int = 0, dropout: float = 0.0
+    name: str,
+    num_points: int,
+    num_classes: int,
+    in_channels: int = 0,
+    dropout: float = 0.0,
+    ratios: tuple[int, ...] | list[int] = RATIOS,
+    steps: int = 2,
+    sampling: str = "prefix",
+    options: dict | None = None,
+    widths: tuple[int, ...] | list[int] = WIDTHS,
 ) -> Classifier:
     """One benchmark model (backbone + the project's classification head) for clouds of ``num_points``.
 
-    Head dropout is off by default: the short equal-budget training of the benchmark is far from
-    over-fitting, and dropout 0.5 slows the first epochs of every model (the deep attention models most).
+    ``sampling="prefix"``: inputs arrive in FPS order (as the data modules deliver them; see
+    :func:`ordered`), every model takes each stage's seeds as a prefix. ``options``: further keyword
+    arguments of the centroid backbones (e.g. ``layer_scale``, ``normalize_offsets``). ``widths``: the stem
+    width, then one width per stage.
     """
-    backbone = MODELS[name][1](in_channels, num_centroids(num_points))
+    backbone = MODELS[name][1](in_channels, num_centroids(num_points, ratios), list(widths), steps, sampling, **(options or {}))
     return Classifier(backbone, ClassificationHead(backbone.out_channels, num_classes, dropout=dropout))
+
+
+def ordered(pos: Tensor) -> Tensor:
+    """Each cloud of ``[B, N, 3]`` in farthest-point order, as the data side delivers it."""
+    return torch.stack([p[torch.from_numpy(fps_order(p.numpy()))] for p in pos.cpu()]).to(pos.device)
 
 
 def surface_cloud(batch: int, num_points: int, seed: int = 0) -> Tensor:
@@ -90,6 +121,9 @@ class CellSpec:
     device: str = "cpu"
     flops: bool = True
     compile: bool = False
+    ratios: list[int] = field(default_factory=lambda: list(RATIOS))  # stage schedule N / r
+    steps: int = 2  # T of the attention models
+    sampling: str = "prefix"  # seeds: prefix of FPS-ordered inputs, or "fps" in the model
 
 
 @dataclass
@@ -153,6 +187,7 @@ def _run_op(spec: CellSpec) -> CellResult:
         }
     else:
         fns = {
+            "fps_order_data": lambda: [fps_order(p) for p in pos.cpu().numpy()],
             "knn_auto": lambda: knn(query, pos, 16, method="auto"),
             "knn_brute": lambda: knn(query, pos, 16, method="brute"),
             "fps_auto": lambda: farthest_point_sample(pos, m, method="auto"),
@@ -163,16 +198,27 @@ def _run_op(spec: CellSpec) -> CellResult:
     return CellResult(spec, op_ms=sec * 1e3, repeats=n)
 
 
+def forward_gflops(model: nn.Module, *inputs: Tensor) -> float:
+    """Forward GFLOPs (2 × MACs) of ``model(*inputs)``: every matmul and attention kernel counted, SDPA forced
+    onto its math kernel (its fused CPU/GPU kernels are not all known to the counter)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model(*inputs)
+    return counter.get_total_flops() / 1e9
+
+
 def _run_model(spec: CellSpec) -> CellResult:
     torch.manual_seed(0)
     dev = spec.device
     cuda = dev.startswith("cuda")
-    model = build_classifier(spec.name, spec.num_points, num_classes=40).to(dev)
+    model = build_classifier(spec.name, spec.num_points, 40, ratios=spec.ratios, steps=spec.steps,
+                             sampling=spec.sampling).to(dev)  # fmt: skip
     params = count_parameters(model)
-    pos = surface_cloud(spec.batch, spec.num_points).to(dev)
+    pos = surface_cloud(spec.batch, spec.num_points)
+    pos = (ordered(pos) if spec.sampling == "prefix" else pos).to(dev)  # the data side's order: not timed here
     label = torch.arange(spec.batch, device=dev) % 40
     run = torch.compile(model) if spec.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)  # GPU path: bf16 autocast
+    notes = []
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
@@ -185,19 +231,22 @@ def _run_model(spec: CellSpec) -> CellResult:
             run(pos)
 
     if cuda:
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     rss0 = _rss_mib()
     model.train()
+    if spec.compile:  # the first call compiles: timed on its own, outside the steps
+        t = time.perf_counter()
+        step()
+        _sync(dev)
+        notes.append(f"compile + first step {time.perf_counter() - t:.1f} s")
     train_s, n = _timed(step, dev, spec.repeats, spec.budget_s / 2)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mib() - rss0
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _peak_rss_mib() - rss0
     model.eval()
     infer_s, _ = _timed(infer, dev, spec.repeats, spec.budget_s / 2)
-    gflops = None
-    if spec.flops:  # one extra forward on one cloud
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(pos[:1])
-        gflops = counter.get_total_flops() / 1e9
-    return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, gflops, params, repeats=n)
+    gflops = forward_gflops(model, pos[:1]) if spec.flops else None  # one extra forward on one cloud
+    return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, gflops, params, repeats=n, notes=notes)
 
 
 def run_cell(spec: CellSpec) -> CellResult:

@@ -57,7 +57,7 @@ def _check_sizes(stage: int, n_in: int, m: int, k: int, k_attn: int) -> None:
 class KNNInit(nn.Module):
     """Initial centroid features from the k nearest inputs of each seed (docs/operator.md §2 choice).
 
-        u_i⁰ = W_2 · max_{j ∈ kNN(i)} ReLU(LN(W_1 [x_j, p_j − p_i])) + b_2
+        u_i⁰ = W_2 · max_{j ∈ kNN(i)} ReLU(LN(W_1 [x_j, p_j − p_i])) + b_2 = W_2 · ReLU(max_j LN(W_1 [x_j, p_j − p_i])) + b_2
 
     a one-hidden-layer PointNet on each neighbourhood. The projection W_2 comes after the max-pool (it
     commutes with nothing, but costs M·C² instead of M·k·C²), and W_1 is split into
@@ -72,12 +72,13 @@ class KNNInit(nn.Module):
         super().__init__()
         self.embed_x = nn.Linear(in_dim, out_dim)
         self.embed_pos = nn.Linear(3, out_dim, bias=False)
-        self.act = nn.Sequential(nn.LayerNorm(out_dim), nn.ReLU())
+        self.norm = nn.LayerNorm(out_dim)
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor, rel: Tensor, neighbors: Tensor) -> Tensor:
         h = gather(self.embed_x(x), neighbors) + self.embed_pos(rel)  # (B, M, k, C)
-        return self.proj(self.act(h).amax(dim=2))  # max-pool over the k neighbours, (B, M, C)
+        # max_j ReLU(z_j) = ReLU(max_j z_j) (ReLU is monotone): the ReLU runs on M rows, not M·k pairs
+        return self.proj(torch.relu(self.norm(h).amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
 
 
 class CentroidStage(nn.Module):

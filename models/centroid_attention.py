@@ -198,19 +198,45 @@ class CentroidAttention(nn.Module):
         B, M, h, d = q.shape
         if kv.index is None:  # shared keys: centroids are independent given them, chunk along M
             chunk = M if self.max_rows is None else max(1, self.max_rows // B)
+            if M <= chunk:
+                return self._fast_rows(q, kv.key, kv.value, kv.rel, p)
             parts = [self._fast_rows(q[:, s : s + chunk], kv.key, kv.value, None if kv.rel is None else
                                      kv.rel[:, s : s + chunk], p) for s in range(0, M, chunk)]  # fmt: skip
         else:  # per-centroid keys: flatten B·M into rows and chunk them
             K = kv.key.shape[2]
             rows, chunk = B * M, B * M if self.max_rows is None else self.max_rows
-            qf, kf, vf = q.reshape(rows, 1, h, d), kv.key.reshape(rows, K, -1), kv.value.reshape(rows, K, -1)
-            rf = None if kv.rel is None else kv.rel.reshape(rows, 1, K, -1)
-            parts = [self._fast_rows(qf[s : s + chunk], kf[s : s + chunk], vf[s : s + chunk],
-                                     None if rf is None else rf[s : s + chunk], p) for s in range(0, rows, chunk)]  # fmt: skip
-        out = torch.cat([o for o, _ in parts], dim=1 if kv.index is None else 0).view(B, M, h, d)
-        weights = torch.cat([w for _, w in parts], dim=2 if kv.index is None else 0)
-        if kv.index is not None:
-            weights = weights.view(B, M, h, -1).transpose(1, 2)  # (B, h, M, K)
+            qf, kf, vf = q.reshape(rows, h, d), kv.key.reshape(rows, K, h, d), kv.value.reshape(rows, K, h, d)
+            rf = None if kv.rel is None else kv.rel.reshape(rows, K, -1)
+            if rows <= chunk:  # one launch: no slicing (a slice's backward would copy the whole gradient)
+                parts = [self._fast_pairs(qf, kf, vf, rf, p)]
+            else:
+                parts = [self._fast_pairs(qf[s : s + chunk], kf[s : s + chunk], vf[s : s + chunk],
+                                          None if rf is None else rf[s : s + chunk], p) for s in range(0, rows, chunk)]  # fmt: skip
+            out = torch.cat([o for o, _ in parts]).view(B, M, h, d)
+            return out, torch.cat([w for _, w in parts]).view(B, M, K, h).permute(0, 3, 1, 2)  # (B, h, M, K)
+        out = torch.cat([o for o, _ in parts], dim=1).view(B, M, h, d)
+        return out, torch.cat([w for _, w in parts], dim=2)
+
+    def _fast_pairs(self, q: Tensor, key: Tensor, value: Tensor, rel: Tensor | None, p: float) -> tuple[Tensor, Tensor]:
+        """Per-centroid keys: R rows of one query on K keys each. q ``[R, h, d]``, key/value ``[R, K, h, d]``,
+        rel ``[R, K, e]`` → ``[R, h, d]`` and the weights ``[R, K, h]``.
+
+        The key/value products are broadcast multiplies summed over d (resp. K), which read the gathered
+        tensors in place (a batched matmul of 1 × d by d × K problems would first copy them into its layout).
+        """
+        h, d = self.heads, self.head_dim
+        logits = (key * q.unsqueeze(1)).sum(-1)  # q_i^h · k_j^h, (R, K, h)
+        if rel is not None:
+            w2 = self.pos_mlp[2].weight.view(h, d, -1)  # W_2^h, (h, d, e)
+            q_rel = torch.einsum("rhd,hde->reh", q, w2)  # W_2^hᵀ q_i^h, (R, e, h)
+            logits = logits + rel @ q_rel  # + (W_2^hᵀ q_i^h) · r_ij, (R, K, h)
+        weights = (logits * d**-0.5).softmax(dim=1)  # a_ij: softmax over the inputs j (docs/operator.md §1)
+        dropped = F.dropout(weights, p) if p > 0 else weights
+        out = (value * dropped.unsqueeze(-1)).sum(1)  # Σ_j a_ij v_j^h, (R, h, d)
+        if rel is not None:
+            mixed = dropped.transpose(1, 2) @ rel  # Σ_j a_ij r_ij, (R, h, e)
+            total = dropped.sum(1).unsqueeze(-1) if p > 0 else 1.0  # Σ_j a_ij, (R, h, 1)
+            out = out + torch.einsum("rhe,hde->rhd", mixed, w2) + self.pos_mlp[2].bias.view(h, d) * total
         return out, weights
 
     def _fast_rows(self, q: Tensor, key: Tensor, value: Tensor, rel: Tensor | None, p: float) -> tuple[Tensor, Tensor]:

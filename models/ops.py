@@ -93,11 +93,13 @@ def farthest_point_sample(
     m: int,
     method: Literal["auto", "exact", "bucket"] = "auto",
     leaf_size: int = 1024,
+    start: Tensor | None = None,
 ) -> Tensor:
     """Farthest point sampling of ``m`` indices per cloud.
 
-    **choice** (paper.md §2): start at the point farthest from the cloud's mean, so that the result
-    does not depend on the order of the points (up to exact ties).
+    **choice** (docs/operator.md §2): start at the point farthest from the cloud's mean, so that the result
+    does not depend on the order of the points (up to exact ties); ``start`` ``[B]`` long overrides it
+    (exact path only).
 
     ``method``: ``"exact"`` is the ``O(m·N)`` reference loop; ``"bucket"`` the approximate, linear-time
     FPS inside kd-tree leaves of about ``leaf_size`` points (``models.spatial.bucket_fps``, **choice**:
@@ -112,11 +114,11 @@ def farthest_point_sample(
         raise ValueError(f"cannot sample m={m} points from N={N}: need 1 <= m <= N")
     if method not in ("auto", "exact", "bucket"):
         raise ValueError(f"unknown FPS method {method!r}: use 'auto', 'exact' or 'bucket'")
-    if method == "bucket" or (method == "auto" and N > EXACT_FPS_MAX_POINTS):
+    if start is None and (method == "bucket" or (method == "auto" and N > EXACT_FPS_MAX_POINTS)):
         return bucket_fps(pos, m, leaf_size)
     idx = torch.empty(B, m, dtype=torch.long, device=pos.device)
     batch = torch.arange(B, device=pos.device)
-    far = (pos - pos.mean(dim=1, keepdim=True)).pow(2).sum(-1).argmax(-1)  # (B,)
+    far = (pos - pos.mean(dim=1, keepdim=True)).pow(2).sum(-1).argmax(-1) if start is None else start  # (B,)
     dist = torch.full((B, N), float("inf"), dtype=pos.dtype, device=pos.device)
     for i in range(m):
         idx[:, i] = far

@@ -8,8 +8,10 @@ import time
 import pytest
 import torch
 
+from datamodules.sampling import fps_order
 from models.backbone import CentroidBackbone, CentroidStage
 from models.heads import ClassificationHead, SegmentationHead
+from models.ops import farthest_point_sample
 
 SMALL = dict(stem_width=16, num_centroids=[32, 16, 8], widths=[16, 24, 32], k=6, heads=2)
 
@@ -167,11 +169,10 @@ def test_gradients_reach_every_parameter(task: str) -> None:
 def test_one_local_stage_on_100k_points() -> None:
     """100 000 → 25 000 centroids, k = 16, width 32, local mode: runs in memory (times printed with -s).
 
-    Random seeds: the pure-torch FPS loop (25 000 sequential steps) dominates otherwise; its cost is the
-    neighbour-search engineer's to shrink.
+    Prefix seeds (what the data side's FPS order makes free); the cloud is random, so here they are random.
     """
     torch.manual_seed(0)
-    stage = CentroidStage(16, 32, num_centroids=25_000, k=16, heads=2, sampling="random").eval()
+    stage = CentroidStage(16, 32, num_centroids=25_000, k=16, heads=2, sampling="prefix").eval()
     pos, x = _cloud(1, 100_000, 10, 16)
     start = time.perf_counter()
     with torch.no_grad():
@@ -196,3 +197,43 @@ def test_cuda_matches_cpu(mode: str) -> None:
         cpu = head(net.forward_features(pos, x))
         gpu = head.cuda()(net.cuda().forward_features(pos.cuda(), x.cuda()))
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_prefix_seeds_of_an_fps_ordered_cloud_equal_fps_at_every_stage() -> None:
+    """FPS's prefix property: one data-side order gives every stage's FPS seeds (started at the same point)."""
+    pos, _ = _cloud(3, 256, 30)
+    ordered = torch.stack([p[torch.from_numpy(fps_order(p.numpy()))] for p in pos])
+    net = CentroidBackbone(sampling="prefix", **SMALL).eval()
+    out = net.forward_features(ordered)
+    inputs = ordered
+    for stage, m in zip(out.stages, SMALL["num_centroids"]):
+        start = torch.zeros(3, dtype=torch.long)  # the order's first point, where the data side started
+        fps = farthest_point_sample(inputs, m, method="exact", start=start)
+        assert torch.equal(fps, torch.arange(m).expand(3, m))  # per-stage FPS = the prefix
+        assert torch.equal(stage.seed_idx, fps) and torch.equal(stage.pos, inputs[:, :m])
+        inputs = stage.pos
+    # the first stage's prefix is also exactly the model's own order-independent FPS of the raw cloud
+    assert torch.equal(ordered[:, :32], torch.stack([p[i] for p, i in zip(pos, farthest_point_sample(pos, 32))]))
+
+
+def test_normalized_offsets_make_a_stage_scale_invariant() -> None:
+    torch.manual_seed(0)
+    pos, x = _cloud(2, 64, 31, 8)
+    for mode in ("local", "global"):
+        stage = CentroidStage(8, 16, 16, k=6, heads=2, mode=mode, normalize_offsets=True).eval()
+        torch.testing.assert_close(stage(pos * 7.0, x).feat, stage(pos, x).feat, rtol=1e-4, atol=1e-5)
+        plain = CentroidStage(8, 16, 16, k=6, heads=2, mode=mode).eval()
+        assert not torch.allclose(plain(pos * 7.0, x).feat, plain(pos, x).feat, atol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_backbone_trains_under_bf16_autocast_on_cpu(mode: str) -> None:
+    torch.manual_seed(0)
+    net = CentroidBackbone(mode=mode, sampling="prefix", layer_scale=0.1, normalize_offsets=True, **SMALL)
+    head = ClassificationHead(net.out_channels, 5)
+    pos, _ = _cloud(2, 64, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(net(pos))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    logits.float().logsumexp(-1).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())

@@ -200,3 +200,65 @@ def test_errors_and_repr() -> None:
     with pytest.raises(ValueError, match="pos_u"):
         CentroidAttention(C, H, mode="global")(u, x)
     assert "mode=local" in repr(CentroidAttention(C, H)) and "steps=2" in repr(CentroidAttentionBlock(C, H))
+
+
+@pytest.mark.parametrize("mode, pos_encoding", [("local", True), ("local", False), ("global", True)])
+def test_chunked_fast_path_equals_reference(mode: str, pos_encoding: bool) -> None:
+    """Chunking B·M (GPU launch limits) changes nothing: forced to 3 rows per launch on CPU, float64."""
+    ref = _randomise(CentroidAttention(C, H, mode, pos_encoding, reference=True, kv_dim=6).double(), 20)
+    chunked = CentroidAttention(C, H, mode, pos_encoding, kv_dim=6, max_rows=3).double()
+    chunked.load_state_dict(ref.state_dict())
+    u, x, pos_u, pos_x, nbr = _inputs(21, c_in=6)
+    out, weights = chunked(u, x, pos_u, pos_x, nbr, return_attention=True)
+    ref_out, ref_w = ref(u, x, pos_u, pos_x, nbr, return_attention=True)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(weights, ref_w, rtol=1e-10, atol=1e-12)
+
+
+def test_position_code_factorisation_with_dropout_keeps_the_bias_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Σ_j a'_ij (v_j + δ_ij) with dropped-out weights a' (which no longer sum to 1): fast = reference.
+
+    The two paths hold the weights in different layouts, so dropout is replaced by a mask that depends on
+    each weight's value only (the same entries drop in both).
+    """
+
+    def value_mask_dropout(w: Tensor, p: float) -> Tensor:
+        return torch.where((w * 1e4).frac() < p, torch.zeros_like(w), w / (1 - p))
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", value_mask_dropout)
+    fast = _randomise(CentroidAttention(C, H, dropout=0.5).double(), 22).train()
+    ref = CentroidAttention(C, H, dropout=0.5, reference=True).double().train()
+    ref.load_state_dict(fast.state_dict())
+    u, x, pos_u, pos_x, nbr = _inputs(23)
+    a, b = fast(u, x, pos_u, pos_x, nbr)[0], ref(u, x, pos_u, pos_x, nbr)[0]
+    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    fast.eval()
+    assert not torch.allclose(a, fast(u, x, pos_u, pos_x, nbr)[0])  # the mask did drop something
+
+
+@pytest.mark.parametrize("mode, pos_encoding, clustering_norm, reference", [
+    ("local", True, False, False), ("local", True, True, False), ("local", False, False, True),
+    ("global", True, False, False), ("global", False, False, False), ("global", False, True, False),
+])  # fmt: skip
+def test_every_path_runs_under_bf16_autocast_on_cpu(mode: str, pos_encoding: bool, clustering_norm: bool, reference: bool) -> None:
+    block = CentroidAttentionBlock(C, H, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
+                                   reference=reference, kv_dim=6)  # fmt: skip
+    u, x, pos_u, pos_x, nbr = _inputs(24, torch.float32, c_in=6)
+    full, _ = block(u, x, pos_u, pos_x, nbr)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half, weights = block(u, x, pos_u, pos_x, nbr, return_attention=True)
+    assert torch.isfinite(half).all() and torch.isfinite(weights).all()
+    torch.testing.assert_close(half.float(), full, rtol=0.1, atol=0.1)  # bf16 keeps ~3 significant digits
+    half.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+def test_layer_scale_zero_starts_the_block_at_its_input() -> None:
+    block = CentroidAttentionBlock(C, H, steps=2, kv_dim=6, layer_scale=0.0)
+    u, x, pos_u, pos_x, nbr = _inputs(25, torch.float32, c_in=6)
+    out, _ = block(u, x, pos_u, pos_x, nbr)
+    torch.testing.assert_close(out, u)  # every residual branch starts at zero
+    out.square().sum().backward()
+    assert block.gamma_attn.grad.abs().sum() > 0 and block.gamma_ffn.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="max_rows"):
+        CentroidAttention(C, H, max_rows=0)
