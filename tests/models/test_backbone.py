@@ -237,3 +237,21 @@ def test_backbone_trains_under_bf16_autocast_on_cpu(mode: str) -> None:
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
     logits.float().logsumexp(-1).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.slow
+def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
+    """No host syncs or data-dependent shapes on the hot path: the whole model is one graph (fullgraph=True).
+
+    ``aot_eager`` traces forward and backward without generating kernels, so this runs in seconds on CPU.
+    """
+    torch.manual_seed(0)
+    net = CentroidBackbone(sampling="prefix", layer_scale=0.1, normalize_offsets=True, **SMALL)
+    head = ClassificationHead(net.out_channels, 5)
+    model = torch.nn.Sequential(net, head).eval()  # no dropout: eager and compiled must agree exactly
+    pos, _ = _cloud(2, 64, 33)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(pos)
+    torch.testing.assert_close(out, model(pos), rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
