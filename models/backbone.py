@@ -95,7 +95,7 @@ class CentroidStage(nn.Module):
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
             or ``"random"`` (docs/operator.md §2 choice).
         normalize_offsets: divide the offsets ``p_j − p_i`` by the cloud's mean neighbourhood radius, so the
-            position codes see O(1) inputs at every stage whatever the cloud's scale (docs/operator.md §5).
+            position codes see O(1) inputs at every stage whatever the cloud's scale (docs/operator.md §6).
         self_attention_blocks: standard pre-norm self-attention layers among the M centroids afterwards
             (global, no position code: centroid attention with u = x and T = 1 is exactly that).
     """

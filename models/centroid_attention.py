@@ -28,6 +28,8 @@ Shapes:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,6 +40,23 @@ from torch import Tensor, nn
 from models.ops import gather
 
 Mode = Literal["local", "global"]
+#: Open counters of :func:`pair_flop_counter` (innermost last).
+_PAIR_FLOP_COUNTERS: list[list[int]] = []
+
+
+@contextmanager
+def pair_flop_counter() -> Iterator[list[int]]:
+    """Count the FLOPs (2 × MACs) of the fast path's per-pair products inside the block: ``[total]``.
+
+    They are broadcast multiplies summed over an axis, which ``torch.utils.flop_counter`` (matmuls only)
+    does not see; ``models.flops`` adds them so that every attention product is counted.
+    """
+    counter = [0]
+    _PAIR_FLOP_COUNTERS.append(counter)
+    try:
+        yield counter
+    finally:
+        _PAIR_FLOP_COUNTERS.remove(counter)
 
 
 @dataclass
@@ -225,6 +244,8 @@ class CentroidAttention(nn.Module):
         tensors in place (a batched matmul of 1 × d by d × K problems would first copy them into its layout).
         """
         h, d = self.heads, self.head_dim
+        if _PAIR_FLOP_COUNTERS:  # q·k and Σ a v: R·K·C multiply-accumulates each
+            _PAIR_FLOP_COUNTERS[-1][0] += 2 * 2 * key.numel()
         logits = (key * q.unsqueeze(1)).sum(-1)  # q_i^h · k_j^h, (R, K, h)
         if rel is not None:
             w2 = self.pos_mlp[2].weight.view(h, d, -1)  # W_2^h, (h, d, e)
@@ -345,7 +366,7 @@ class CentroidAttentionBlock(nn.Module):
         u ← u + γ_a ⊙ CentroidAttention(LN_u(u), x̂)
         u ← u + γ_f ⊙ FFN(LN_f(u))
 
-    ``γ_a, γ_f`` (LayerScale, docs/operator.md §5 choice) are per-channel gains started at ``layer_scale``;
+    ``γ_a, γ_f`` (LayerScale, docs/operator.md §6 choice) are per-channel gains started at ``layer_scale``;
     they only re-parametrise ``W_o`` and the FFN's last layer (the operator is unchanged) but let a stage
     start close to its KNN-initialised centroids and grow the attention from there. ``layer_scale=None``
     leaves them out (γ = 1).

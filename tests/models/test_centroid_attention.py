@@ -262,3 +262,20 @@ def test_layer_scale_zero_starts_the_block_at_its_input() -> None:
     assert block.gamma_attn.grad.abs().sum() > 0 and block.gamma_ffn.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="max_rows"):
         CentroidAttention(C, H, max_rows=0)
+
+
+def test_pair_flop_counter_counts_the_fast_products_like_a_matmul() -> None:
+    """The fast path's q·k and Σ a·v products count 2 FLOPs per multiply-accumulate, as the reference's einsums do."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.centroid_attention import pair_flop_counter
+
+    attn = CentroidAttention(C, H, pos_encoding=False)
+    ref = CentroidAttention(C, H, pos_encoding=False, reference=True)
+    u, x, pos_u, pos_x, nbr = _inputs(26, torch.float32)
+    with FlopCounterMode(display=False) as fast_count, pair_flop_counter() as pairs:
+        attn(u, x, pos_u, pos_x, nbr)
+    with FlopCounterMode(display=False) as ref_count:
+        ref(u, x, pos_u, pos_x, nbr)
+    assert pairs[0] == 2 * 2 * B * M * K * C
+    assert fast_count.get_total_flops() + pairs[0] == ref_count.get_total_flops()
