@@ -26,13 +26,14 @@ import resource
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from benchmarks.harness import MODELS, OPS, RATIOS, CellSpec, loglog_slope, run_cell
-from benchmarks.training import TrainSpec, train_and_test
+from benchmarks.training import TrainSpec, prepare_training_data, train_and_test
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "centroid_local"
@@ -74,7 +75,8 @@ class Config:
     compile: bool = False
     candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
     seeds: int = 3
-    train_epochs: int = 20
+    jobs: int = 1  # trainings run side by side
+    train_epochs: int = 12
     train_points: int = 256
     train_per_class: int = 40
     test_per_class: int = 10
@@ -192,16 +194,27 @@ def run_ops(cfg: Config) -> dict:
 
 
 def run_train(cfg: Config) -> dict:
-    out = {}
+    """Every candidate × seed, ``cfg.jobs`` trainings at a time (each its own process, ``cfg.threads`` threads)."""
+    jobs = []
     for label in cfg.candidates:
         name, options, ratios, steps = CANDIDATES[label]
-        out[label] = []
         for seed in range(cfg.seeds):
-            print(f"[benchmark] training {label}, seed {seed}", flush=True)
             spec = TrainSpec(name, cfg.data_root, cfg.train_points, cfg.train_epochs, threads=cfg.threads,
                              train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class, seed=seed,
                              ratios=ratios, steps=steps, options=options)  # fmt: skip
-            out[label].append(run_child("benchmarks.training", asdict(spec), cfg))
+            jobs.append((label, spec))
+    if jobs:  # the data set and its cache are built once, before trainings run side by side
+        prepare_training_data(jobs[0][1])
+
+    def one(job: tuple[str, TrainSpec]) -> dict:
+        print(f"[benchmark] training {job[0]}, seed {job[1].seed}", flush=True)
+        return run_child("benchmarks.training", asdict(job[1]), cfg)
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:  # threads wait on child processes
+        results = list(pool.map(one, jobs))
+    out: dict[str, list[dict]] = {label: [] for label in cfg.candidates}
+    for (label, _), result in zip(jobs, results):
+        out[label].append(result)
     return out
 
 
@@ -439,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the models (compile time noted per cell)")
     p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=d.candidates)
     p.add_argument("--seeds", type=int, default=d.seeds)
+    p.add_argument("--jobs", type=int, default=d.jobs, help="trainings run side by side (each --threads threads)")
     p.add_argument("--train-epochs", type=int, default=d.train_epochs)
     p.add_argument("--data-root", default=d.data_root)
     p.add_argument("--torch-cluster-python", default=None, help="a Python with torch_cluster, for the comparison")
@@ -449,7 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cfg = Config(a.sizes, a.local_sizes, a.variant_sizes, a.models, a.batch, a.repeats, a.cell_budget,
                      a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, a.candidates, a.seeds,
-                     a.train_epochs, data_root=a.data_root, torch_cluster_python=a.torch_cluster_python)  # fmt: skip
+                     jobs=a.jobs, train_epochs=a.train_epochs, data_root=a.data_root,
+                     torch_cluster_python=a.torch_cluster_python)  # fmt: skip
     cfg.models = a.models
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda needs a CUDA build of torch and a GPU")

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import RATIOS, build_classifier
+from datamodules.generated.write import GeneratorConfig
+from datamodules.modelnet import ModelNetDataModule
 
 
 @dataclass
@@ -28,7 +30,7 @@ class TrainSpec:
     name: str
     data_root: str
     num_points: int = 256
-    epochs: int = 20
+    epochs: int = 12
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -60,19 +62,22 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def train_and_test(spec: TrainSpec) -> TrainResult:
-    """Train ``spec.name`` for ``spec.epochs`` epochs and return its overall test accuracy."""
-    from datamodules.modelnet import ModelNetDataModule
-    from datamodules.generated.write import GeneratorConfig
-
-    if spec.threads > 0:
-        torch.set_num_threads(spec.threads)
-    torch.manual_seed(spec.seed)
+def prepare_training_data(spec: TrainSpec) -> ModelNetDataModule:
+    """The generated data set of ``spec`` (the same for every seed and model), generated and cached once."""
     gen = GeneratorConfig(train_per_class=spec.train_per_class, val_per_class=1, test_per_class=spec.test_per_class,
-                          points=max(1024, spec.num_points), seed=0)  # fmt: skip -- same data for every seed
+                          points=max(1024, spec.num_points), seed=0)  # fmt: skip
     dm = ModelNetDataModule(root=spec.data_root, format="generated", num_points=spec.num_points,
                             use_normals=False, batch_size=spec.batch_size, seed=0, generator=gen)  # fmt: skip
     dm.prepare_data()
+    return dm
+
+
+def train_and_test(spec: TrainSpec) -> TrainResult:
+    """Train ``spec.name`` for ``spec.epochs`` epochs and return its overall test accuracy."""
+    if spec.threads > 0:
+        torch.set_num_threads(spec.threads)
+    torch.manual_seed(spec.seed)
+    dm = prepare_training_data(spec)
     dm.setup("fit")
     dm.setup("test")
     model = build_classifier(spec.name, spec.num_points, dm.num_classes, dropout=spec.dropout, ratios=spec.ratios,

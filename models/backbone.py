@@ -57,28 +57,36 @@ def _check_sizes(stage: int, n_in: int, m: int, k: int, k_attn: int) -> None:
 class KNNInit(nn.Module):
     """Initial centroid features from the k nearest inputs of each seed (docs/operator.md §2 choice).
 
-        u_i⁰ = W_2 · max_{j ∈ kNN(i)} ReLU(LN(W_1 [x_j, p_j − p_i])) + b_2 = W_2 · ReLU(max_j LN(W_1 [x_j, p_j − p_i])) + b_2
+        z_ij = W_x x_j + W_p (p_j − p_i)
+        u_i⁰ = W_o · ReLU(max_{j ∈ kNN(i)} LN(z_ij)) + b_o                        (layers = 1)
+        u_i⁰ = W_o · ReLU(max_{j ∈ kNN(i)} LN'(W_h ReLU(LN(z_ij)))) + b_o          (layers = 2)
 
-    a one-hidden-layer PointNet on each neighbourhood. The projection W_2 comes after the max-pool (it
-    commutes with nothing, but costs M·C² instead of M·k·C²), and W_1 is split into
-    ``W_x x_j + W_p (p_j − p_i)`` so that ``W_x x`` is computed once on the N inputs before being
-    gathered M·k times.
+    a PointNet on each neighbourhood (max_j ReLU(·) = ReLU(max_j ·), ReLU being monotone, so the last ReLU runs
+    on M rows instead of M·k pairs). The projection W_o comes after the max-pool (M·C² instead of M·k·C²
+    operations), and ``W_x x`` is computed once on the N inputs before being gathered M·k times. ``layers=2``
+    adds one per-pair layer (M·k·C² operations, PointNet++'s set abstraction has the same).
 
     Shapes: x ``[B, N, C_in]``, rel ``[B, M, k, 3]`` (the offsets p_j − p_i), neighbors ``[B, M, k]`` →
     ``[B, M, C]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, layers: int = 1) -> None:
         super().__init__()
+        if layers not in (1, 2):
+            raise ValueError(f"KNN initialisation layers={layers} must be 1 or 2")
         self.embed_x = nn.Linear(in_dim, out_dim)
         self.embed_pos = nn.Linear(3, out_dim, bias=False)
         self.norm = nn.LayerNorm(out_dim)
+        self.hidden = (
+            nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim), nn.LayerNorm(out_dim)) if layers == 2 else None
+        )
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor, rel: Tensor, neighbors: Tensor) -> Tensor:
-        h = gather(self.embed_x(x), neighbors) + self.embed_pos(rel)  # (B, M, k, C)
-        # max_j ReLU(z_j) = ReLU(max_j z_j) (ReLU is monotone): the ReLU runs on M rows, not M·k pairs
-        return self.proj(torch.relu(self.norm(h).amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
+        h = self.norm(gather(self.embed_x(x), neighbors) + self.embed_pos(rel))  # (B, M, k, C)
+        if self.hidden is not None:
+            h = self.hidden(h)
+        return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
 
 
 class CentroidStage(nn.Module):
@@ -91,6 +99,7 @@ class CentroidStage(nn.Module):
             mode (default k; docs/operator.md §3).
         steps, heads, mode, pos_encoding, clustering_norm, ffn_ratio, dropout, layer_scale: of the
             :class:`~models.centroid_attention.CentroidAttentionBlock`.
+        init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
         sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
             or ``"random"`` (docs/operator.md §2 choice).
@@ -119,6 +128,7 @@ class CentroidStage(nn.Module):
         ffn_ratio: float = 2.0,
         dropout: float = 0.0,
         layer_scale: float | None = None,
+        init_layers: int = 1,
     ) -> None:
         super().__init__()
         if sampling not in ("prefix", "fps", "random"):
@@ -127,7 +137,7 @@ class CentroidStage(nn.Module):
             raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
         self.mode, self.sampling, self.normalize_offsets = mode, sampling, normalize_offsets
-        self.init = KNNInit(in_dim, out_dim)
+        self.init = KNNInit(in_dim, out_dim, init_layers)
         block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
         self.attention = CentroidAttentionBlock(
             out_dim, heads, steps, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
@@ -191,7 +201,7 @@ class CentroidBackbone(nn.Module):
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            normalize_offsets, ffn_ratio, dropout, layer_scale: shared by every stage, see
+            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers: shared by every stage, see
             :class:`CentroidStage`.
 
     Attributes:
@@ -218,6 +228,7 @@ class CentroidBackbone(nn.Module):
         ffn_ratio: float = 2.0,
         dropout: float = 0.0,
         layer_scale: float | None = None,
+        init_layers: int = 1,
     ) -> None:
         super().__init__()
         if len(num_centroids) != len(widths) or not widths:
@@ -233,7 +244,7 @@ class CentroidBackbone(nn.Module):
         shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode, sampling=sampling,
                       self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
                       pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
-                      dropout=dropout, layer_scale=layer_scale)  # fmt: skip
+                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers)  # fmt: skip
         self.stages = nn.ModuleList(
             CentroidStage(c_in, c_out, m, **shared) for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
         )
