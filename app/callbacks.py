@@ -82,7 +82,8 @@ class TestMetricsWriter(Callback):
         scalars = {k: _plain(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         results = {k: _plain(v) for k, v in getattr(pl_module, "test_results", {}).items()}
         names = getattr(pl_module, "class_names", None) or getattr(pl_module, "category_names", None)
-        payload = {"metrics": scalars, "details": results, "names": names, "num_samples": self._num_samples(trainer)}
+        payload = {"metrics": scalars, "details": results, "names": names, "num_samples": self._num_samples(trainer),
+                   "checkpoint": getattr(pl_module, "test_checkpoint", None)}
         directory = run_dir(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = fresh_path(directory / self.filename)

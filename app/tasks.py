@@ -9,8 +9,10 @@ with nothing else at hand (style.md, "the Lightning layer").
 from __future__ import annotations
 
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -23,6 +25,12 @@ from models.backbone import BackboneOutput, CentroidBackbone
 from models.heads import ClassificationHead, SegmentationHead
 
 EVAL_SPLITS = ("val", "test")
+CheckpointKind = Literal["last", "best", "other", "none"]
+
+# Test-time voting views, the kind the field's ModelNet voting uses: a per-axis (anisotropic) scale and a
+# shift, with the ranges of the training augmentation (datamodules.transforms.Augment).
+VOTE_SCALE = (0.8, 1.25)
+VOTE_TRANSLATE = 0.1
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -42,6 +50,41 @@ def masked_cross_entropy(logits: Tensor, target: Tensor, allowed: Tensor, label_
     return ((1 - label_smoothing) * nll + label_smoothing * smooth).mean()
 
 
+def vote_transforms(index: Tensor, views: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Per-sample voting views: anisotropic scale in ``VOTE_SCALE`` and shift in ``±VOTE_TRANSLATE``.
+
+    Each sample's views depend only on ``(seed, dataset index)``, never on the batch it lands in, the
+    rank or the global RNG, so 1 and N processes vote on identical views.
+
+    Shapes:
+        index: ``[B]`` dataset indices. Returns ``scale, shift``: ``[V, B, 3]`` float32 each (CPU).
+    """
+    rngs = [np.random.default_rng([seed, i]) for i in index.tolist()]
+    scale = np.stack([rng.uniform(*VOTE_SCALE, size=(views, 3)) for rng in rngs], axis=1)  # (V, B, 3)
+    shift = np.stack([rng.uniform(-VOTE_TRANSLATE, VOTE_TRANSLATE, size=(views, 3)) for rng in rngs], axis=1)
+    return torch.from_numpy(scale).float(), torch.from_numpy(shift).float()
+
+
+def checkpoint_kind(ckpt_path: str | None, checkpoint: dict[str, Any] | None) -> CheckpointKind:
+    """Which checkpoint a test used: ``last``, ``best``, ``other`` (neither) or ``none`` (current weights).
+
+    Decided from the ``ModelCheckpoint`` states stored inside the checkpoint: a callback records the file it
+    writes as its ``last_model_path`` (``save_last``) or ``best_model_path`` before writing it. ``best`` needs a
+    ``monitor``; a monitor-less callback's file is the run's most recent epoch, so ``last``. Files are compared
+    by name, so a moved run folder still resolves.
+    """
+    if ckpt_path is None:
+        return "none"
+    name = Path(ckpt_path).name
+    states = [v for k, v in (checkpoint or {}).get("callbacks", {}).items() if k.startswith("ModelCheckpoint")]
+    if any(Path(st.get("last_model_path") or "").name == name for st in states):
+        return "last"
+    for st in states:
+        if Path(st.get("best_model_path") or "").name == name:
+            return "best" if st.get("monitor") else "last"
+    return "other"
+
+
 class _PointTask(LightningModule):
     """What both tasks share: input features, optimiser + warm-up/cosine schedule, logging."""
 
@@ -54,6 +97,19 @@ class _PointTask(LightningModule):
         self.optimizer = optimizer
         self.warmup_epochs = warmup_epochs
         self.min_lr_ratio = min_lr_ratio
+        self.test_checkpoint: dict[str, Any] | None = None  # set at test start: which weights were tested
+        self._loaded_checkpoint: dict[str, Any] | None = None
+
+    def logits(self, batch: dict[str, Tensor], out: BackboneOutput | None = None) -> Tensor:
+        """The task's logits for a batch: the one path used by every step, ``predict`` and ``forward``.
+
+        ``out``: the backbone output of this batch when the caller already has it (e.g. with attention).
+        """
+        return self.head_logits(self.features(batch) if out is None else out, batch)
+
+    def head_logits(self, out: BackboneOutput, batch: dict[str, Tensor]) -> Tensor:
+        """The head on the backbone output (the only place a task calls its head)."""
+        raise NotImplementedError
 
     def features(self, batch: dict[str, Tensor], return_attention: bool = False) -> BackboneOutput:
         """Run the backbone on a batch; normals are fed when the backbone expects 3 extra channels."""
@@ -92,9 +148,31 @@ class _PointTask(LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def _end_eval(self, split: str) -> dict[str, Tensor]:
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The tested file's own ModelCheckpoint states, for on_test_start: the test trainer's callbacks may differ.
+        states = {k: v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("ModelCheckpoint")}
+        self._loaded_checkpoint = {"callbacks": states, "epoch": checkpoint.get("epoch")}
+
+    def on_test_start(self) -> None:
+        """Record which weights are tested (``trainer.ckpt_path``, its kind and epoch) and log it as hparams."""
+        path = self.trainer.ckpt_path
+        loaded = self._loaded_checkpoint if path is not None else None
+        self.test_checkpoint = {
+            "path": None if path is None else str(path),
+            "kind": checkpoint_kind(path, loaded),
+            "epoch": None if loaded is None else loaded["epoch"],
+        }
+        for logger in self.loggers:
+            logger.log_hyperparams({"test_checkpoint": self.test_checkpoint})
+
+    def _eval_values(self, split: str) -> dict[str, Tensor]:
+        """Compute and reset the split's metrics."""
         values = self.eval_metrics[split].compute()
         self.eval_metrics[split].reset()
+        return values
+
+    def _end_eval(self, split: str) -> dict[str, Tensor]:
+        values = self._eval_values(split)
         self._log_scalars(split, values)
         return values
 
@@ -114,8 +192,14 @@ class _PointTask(LightningModule):
 class ClassificationTask(_PointTask):
     """Shape classification: backbone → max+mean pool → MLP, cross-entropy with label smoothing.
 
-    Metrics (``val/``, ``test/``): ``acc`` (overall), ``macc`` (mean class accuracy); at test also the
-    per-class accuracy and the confusion matrix, kept in ``self.test_results`` for callbacks.
+    Metrics (``val/``, ``test/``): ``acc`` (overall accuracy) and ``macc`` (mean class accuracy), both of
+    ONE un-augmented view per shape; at test also the per-class accuracy and the confusion matrix, kept in
+    ``self.test_results`` for callbacks.
+
+    Voting (test only, ``vote_views > 0``): ``test/acc_vote`` and ``test/macc_vote`` are the accuracies of
+    the MEAN of the logits over ``vote_views`` augmented views per shape (see ``vote_transforms``; the
+    views are fixed by ``vote_seed`` and the dataset index). One vote per test: never the best of
+    repeated votes. ``acc`` stays the single-view number.
     """
 
     def __init__(
@@ -129,9 +213,16 @@ class ClassificationTask(_PointTask):
         optimizer: OptimizerCallable = _adamw,
         warmup_epochs: int = 0,
         min_lr_ratio: float = 0.01,
+        vote_views: int = 0,
+        vote_seed: int = 0,
     ) -> None:
         super().__init__(optimizer, warmup_epochs, min_lr_ratio)
-        self.save_hyperparameters()
+        # Voting is an evaluation option, not part of the trained model: kept out of the checkpoint's
+        # hyper-parameters, which LightningCLI would otherwise apply over `test --model.init_args.vote_views K`.
+        self.save_hyperparameters(ignore=["vote_views", "vote_seed"])
+        if vote_views < 0 or vote_seed < 0:
+            raise ValueError(f"vote_views and vote_seed must be >= 0, got {vote_views} and {vote_seed}")
+        self.vote_views, self.vote_seed = vote_views, vote_seed
         self.backbone = backbone
         self.head = ClassificationHead(backbone.out_channels, num_classes, hidden=head_hidden, dropout=dropout)
         self.num_classes = num_classes
@@ -139,14 +230,43 @@ class ClassificationTask(_PointTask):
         self.label_smoothing = label_smoothing
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.eval_metrics = nn.ModuleDict({s: ClassificationMetrics(num_classes) for s in EVAL_SPLITS})
+        self.vote_metrics = ClassificationMetrics(num_classes)
         self.test_results: dict[str, Tensor] = {}
 
     def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
-        """Logits ``[B, num_classes]`` of clouds ``pos [B, N, 3]`` (features ``x [B, N, C]``)."""
-        return self.head(self.backbone(pos, x))
+        """Logits ``[B, num_classes]`` of clouds ``pos [B, N, 3]`` (normals ``x [B, N, 3]``)."""
+        return self.logits({"pos": pos} if x is None else {"pos": pos, "normal": x})
+
+    def head_logits(self, out: BackboneOutput, batch: dict[str, Tensor]) -> Tensor:
+        """Class logits ``[B, num_classes]``."""
+        return self.head(out.stages[-1].feat)
+
+    def vote_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """Mean of the logits ``[B, num_classes]`` over ``vote_views`` scaled and shifted views of the batch."""
+        scale, shift = (t.to(batch["pos"]) for t in vote_transforms(batch["index"], self.vote_views, self.vote_seed))
+
+        def view(s: Tensor, t: Tensor) -> dict[str, Tensor]:  # s, t: (B, 3)
+            moved = {**batch, "pos": batch["pos"] * s[:, None] + t[:, None]}
+            if "normal" in batch:  # normals transform with the inverse scale
+                moved["normal"] = F.normalize(batch["normal"] / s[:, None], dim=-1)
+            return moved
+
+        return torch.stack([self.logits(view(s, t)) for s, t in zip(scale, shift)]).mean(0)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+        if self.vote_views > 0:
+            self.vote_metrics.update(self.vote_logits(batch), batch["label"], batch["index"])
+
+    def _eval_values(self, split: str) -> dict[str, Tensor]:
+        values = super()._eval_values(split)
+        if split == "test" and self.vote_views > 0:
+            values.update({f"{k}_vote": v for k, v in self.vote_metrics.compute().items()})
+            self.vote_metrics.reset()
+        return values
 
     def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        logits = self.head(self.features(batch).stages[-1].feat)
+        logits = self.logits(batch)
         loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
         bs = batch["label"].shape[0]
         self.log(f"{split}/loss", loss, batch_size=bs, sync_dist=split != "train", prog_bar=split == "train")
@@ -159,7 +279,7 @@ class ClassificationTask(_PointTask):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Class probabilities ``[B, num_classes]`` and predicted class ``[B]`` per cloud."""
-        probs = self.head(self.features(batch).stages[-1].feat).softmax(-1)
+        probs = self.logits(batch).softmax(-1)
         return {"index": batch["index"], "probs": probs, "pred": probs.argmax(-1)}
 
 
@@ -200,17 +320,19 @@ class SegmentationTask(_PointTask):
         self.eval_metrics = nn.ModuleDict({s: PartSegmentationMetrics(mask) for s in EVAL_SPLITS})
         self.test_results: dict[str, Tensor] = {}
 
-    def masked_logits(self, out: BackboneOutput, category: Tensor) -> Tensor:
-        """Per-point logits ``[B, N, P]`` with other categories' parts set to −inf."""
+    def head_logits(self, out: BackboneOutput, batch: dict[str, Tensor]) -> Tensor:
+        """Per-point part logits ``[B, N, P]`` with other categories' parts set to −inf."""
+        category = batch["category"]
         logits = self.head(out, category)
         return logits.masked_fill(~self.part_mask[category].unsqueeze(1), float("-inf"))
 
     def forward(self, pos: Tensor, category: Tensor, x: Tensor | None = None) -> Tensor:
         """Masked part logits ``[B, N, num_parts]`` of clouds ``pos [B, N, 3]`` of category ``[B]``."""
-        return self.masked_logits(self.backbone.forward_features(pos, x), category)
+        batch = {"pos": pos, "category": category}
+        return self.logits(batch if x is None else {**batch, "normal": x})
 
     def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
-        logits = self.masked_logits(self.features(batch), batch["category"])
+        logits = self.logits(batch)
         target = batch["part"]
         loss = masked_cross_entropy(logits, target, self.part_mask[batch["category"]], self.label_smoothing)
         bs = target.shape[0]
@@ -221,5 +343,5 @@ class SegmentationTask(_PointTask):
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         """Per-point part labels ``[B, N]`` (restricted to each shape's category)."""
-        logits = self.masked_logits(self.features(batch), batch["category"])
+        logits = self.logits(batch)
         return {"index": batch["index"], "pos": batch["pos"], "part": logits.argmax(-1)}

@@ -87,14 +87,14 @@ def analyse(task: LightningModule, sample: dict[str, Tensor], name: str = "", tr
     status = "" if trained else " · untrained"
     parts = true_parts = None
     if hasattr(task, "class_names"):
-        probs = task.head(out.stages[-1].feat).softmax(-1)[0]
+        probs = task.logits(batch, out).softmax(-1)[0]
         pred = int(probs.argmax())
         truth = f"true: {task.class_names[int(sample['label'])]} · " if "label" in sample else ""
         title = f"{name} · {truth}predicted: {task.class_names[pred]} ({float(probs[pred]):.0%}){status}"
     else:
         if "category" not in sample:
             raise ValueError("segmentation needs the shape's category: pass --category NAME")
-        parts = task.masked_logits(out, batch["category"]).argmax(-1)[0].cpu().numpy()
+        parts = task.logits(batch, out).argmax(-1)[0].cpu().numpy()
         true_parts = sample["part"].numpy() if "part" in sample else None
         title = f"{name} · category: {task.category_names[int(sample['category'])]}{status}"
     return Analysis(points, stages, title.strip(" ·"), parts, true_parts, inputs[:-1])
