@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,26 +15,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-
-def run_dir(trainer: Trainer) -> Path:
-    """The folder of this run: the logger's version folder (W&B: ``save_dir/project/run-id``)."""
-    logger = trainer.logger
-    if isinstance(logger, WandbLogger):
-        path = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)
-    elif logger is not None and getattr(logger, "log_dir", None):
-        path = Path(logger.log_dir)
-    else:
-        path = Path(trainer.default_root_dir)
-    return path
-
-
-def fresh_path(path: Path) -> Path:
-    """``path`` if it does not exist yet, else ``stem-1.ext``, ``stem-2.ext``, ...: never overwrite."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
+from app.paths import fresh_path, run_dir
 
 
 def _plain(value: Any) -> Any:
@@ -133,7 +115,8 @@ class PredictionWriter(BasePredictionWriter):
                                  "probabilities": dict(zip(class_names, probs))})
                 else:
                     part = batch["part"][i].cpu().numpy()
-                    ply = fresh_path(directory / f"{Path(name).stem.replace(' ', '_')}_parts.ply")
+                    stem = re.sub(r"[^\w.-]+", "_", Path(name).name).strip("_")  # "x.h5[3]" → "x.h5_3"
+                    ply = fresh_path(directory / f"{stem}_parts.ply")
                     write_ply(ply, batch["pos"][i].cpu().numpy(), centroid_colors(int(part.max()) + 1)[part])
                     rows.append({"input": name, "parts": part.tolist(), "ply": str(ply)})
         directory.mkdir(parents=True, exist_ok=True)
@@ -171,7 +154,7 @@ class WandbPanels(Callback):
         from PIL import Image
 
         from app import render
-        from app.visualize import analyse, render_analysis
+        from app.analysis import analyse, render_analysis
 
         loaders = trainer.val_dataloaders
         dataset = (loaders[0] if isinstance(loaders, Sequence) else loaders).dataset

@@ -17,7 +17,8 @@ import torch
 import wandb
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from app.cli import build_from_config, load_task, make_cli
+from app.checkpoint import load_task
+from app.cli import build_from_config, make_cli
 from tests.app.conftest import DEMO, DEMO_SEG, REPO, tiny_args
 
 EXPERIMENT_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from app import render, visualize
+from app import analysis, render, visualize
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +37,15 @@ def _run(*args: str) -> dict[str, list[Path]]:
     return visualize.main(list(args))
 
 
+def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run the command expecting failure: exit status 1 and exactly one line on stderr, which is returned."""
+    with pytest.raises(SystemExit) as e:
+        _run(*args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and len(err.splitlines()) == 1, err
+    return err
+
+
 def test_cli_on_generated_data(tiny_config, tmp_path, capsys) -> None:
     out = tmp_path / "out"
     paths = _run("--config", tiny_config, "--split", "test", "--index", "0", "--out", str(out), "--size", "200", "160", "--neighbors")
@@ -56,9 +66,9 @@ def test_cli_on_generated_data(tiny_config, tmp_path, capsys) -> None:
 
 def test_colours_in_the_ply_follow_the_assignments(tiny_config, tmp_path) -> None:
     task, datamodule = visualize.load_model(None, tiny_config)
-    sample = visualize.sample_from_split(datamodule, "test", 1)
-    a = visualize.analyse(task, sample, "x", trained=False)
-    paths = visualize.render_analysis(a, tmp_path, (64, 48))
+    sample = analysis.sample_from_split(datamodule, "test", 1)
+    a = analysis.analyse(task, sample, "x", trained=False)
+    paths = analysis.render_analysis(a, tmp_path, (64, 48))
     _, cent_colors = render.stage_point_colors(a.stages)
     chained = render.chain_assignments([s.assignment for s in a.stages])
     for s in range(len(a.stages)):
@@ -82,21 +92,20 @@ def test_cli_on_a_user_file_without_normals(tiny_config, tmp_path) -> None:
     ("name", "content", "message"),
     [("bad.txt", "1,2,3\n4,5\n", "line 2"), ("empty.txt", "", "empty"), ("x.npy", None, "file not found")],
 )
-def test_bad_input_files_get_a_clear_error(tiny_config, tmp_path, name, content, message) -> None:
+def test_bad_input_files_get_a_clear_error(tiny_config, tmp_path, capsys, name, content, message) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_text(content)
-    with pytest.raises(SystemExit, match=rf"error: .*{name}.*{message}"):
-        _run("--config", tiny_config, "--file", str(path), "--out", str(tmp_path / "o"))
+    err = _fails(capsys, "--config", tiny_config, "--file", str(path), "--out", str(tmp_path / "o"))
+    assert re.match(rf"error: .*{name}.*{message}", err)
     assert not (tmp_path / "o").exists()  # nothing written for a failed run
 
 
-def test_refuses_to_overwrite_a_non_empty_folder(tiny_config, tmp_path) -> None:
+def test_refuses_to_overwrite_a_non_empty_folder(tiny_config, tmp_path, capsys) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(SystemExit, match="not empty: pass --overwrite"):
-        _run("--config", tiny_config, "--out", str(out))
+    assert "not empty: pass --overwrite" in _fails(capsys, "--config", tiny_config, "--out", str(out))
     assert (out / "notes.txt").read_text() == "keep me"
     _run("--config", tiny_config, "--out", str(out), "--overwrite", "--size", "64", "48")
     assert (out / "notes.txt").read_text() == "keep me" and (out / "stage1_points.ply").is_file()
