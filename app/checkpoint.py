@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import zipfile
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "checkpoint file not found")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since torch 1.6
+        raise CheckpointError(path, "not a readable PyTorch checkpoint (not the zip archive torch.save writes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -45,7 +48,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "refused: it holds pickled Python objects beyond tensors and plain data, and unpickling them could run "
             "code. This application writes checkpoints that load without that; use one written by it.",
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({first})") from None
     class_path = ckpt.get("hyper_parameters", {}).get("_class_path") if isinstance(ckpt, dict) else None

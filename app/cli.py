@@ -16,7 +16,7 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from app.checkpoint import check_fits
+from app.checkpoint import CheckpointError, check_fits, read_checkpoint
 from app.errors import run_with_one_line_errors
 from app.paths import fresh_path, run_dir
 
@@ -64,9 +64,26 @@ class CentroidCLI(LightningCLI):
             "data.part_mask", "model.init_args.part_mask", compute_fn=_mask_to_lists, apply_on="instantiate"
         )
 
+    def _ckpt_file(self) -> str | None:
+        """The ``--ckpt_path`` of this run when it names a file (not ``last``/``best``/...)."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        return None if ckpt is None or str(ckpt) in SPECIAL_CKPT_PATHS else str(ckpt)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyper-parameters into the config here: first make sure the file
+        # is one of ours (weights-only) and holds the task class the config asks for.
+        ckpt = self._ckpt_file()
+        if ckpt is not None:
+            saved = read_checkpoint(ckpt)["hyper_parameters"]["_class_path"]
+            wanted = self.config[self.config.subcommand].model.class_path
+            if saved != wanted:
+                raise CheckpointError(ckpt, f"holds a {saved.rsplit('.', 1)[-1]}, the config builds a {wanted.rsplit('.', 1)[-1]}")
+        super()._parse_ckpt_path()
+
     def _run_subcommand(self, subcommand: str) -> None:
-        ckpt = self.config_init[subcommand].get("ckpt_path")
-        if ckpt is not None and str(ckpt) not in SPECIAL_CKPT_PATHS:
+        ckpt = self._ckpt_file()
+        if ckpt is not None:
             check_fits(ckpt, self.model, self.datamodule)
         super()._run_subcommand(subcommand)
 

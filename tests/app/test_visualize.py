@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import re
 from pathlib import Path
 
@@ -122,3 +123,44 @@ def test_ply_files_are_written_when_the_renderer_cannot_start(tiny_config, tmp_p
     paths = _run("--config", tiny_config, "--out", str(tmp_path / "o"))
     assert paths["png"] == [] and paths["grid"] == [] and len(paths["ply"]) == 6
     assert "no PNGs: Open3D's offscreen renderer cannot start (exit code 1: no EGL)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_decides_the_data_settings(trained, tiny_config, tmp_path, capsys) -> None:
+    """The checkpoint was trained on 128 points: pictures use 128, whatever the default config says (256 here)."""
+    ckpt, _ = trained
+    cloud = tmp_path / "blob.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32))
+    paths = _run("--ckpt", str(ckpt), "--file", str(cloud), "--out", str(tmp_path / "o"), "--size", "64", "48")
+    assert len(o3d.io.read_point_cloud(str(paths["ply"][0])).points) == 128
+    err = _fails(capsys, "--ckpt", str(ckpt), "--config", tiny_config, "--file", str(cloud), "--out", str(tmp_path / "p"))
+    assert err.startswith(f"error: {ckpt}: trained on other data settings than the config's: num_points: checkpoint 128, config 256")
+
+
+# ---------------------------------------------------------------------------------------------- paper scale
+def test_paper_scale_picture_is_readable_on_a_real_sample(real_samples, tmp_path) -> None:
+    """1024 points → 512 → 256 → 128 centroids on a real ModelNet40 shape: at most 10 colour groups in every
+    panel, sibling shades inside a group, and sphere sizes that follow the mass each centroid summarises."""
+    from app.cli import build_from_config
+    from datamodules.files import load_file_sample
+
+    task, _ = build_from_config(str(ROOT / "configs" / "demo.yaml"), [
+        "--data.init_args.num_points", "1024", "--model.init_args.backbone.init_args.num_centroids", "[512, 256, 128]"])  # fmt: skip
+    sample = load_file_sample(real_samples / "modelnet40_normal_resampled/bed/bed_0026.txt", 1024, True)
+    a = analysis.analyse(task.eval(), sample, "bed_0026", trained=False)
+    assert [len(s.centroids) for s in a.stages] == [512, 256, 128]
+    groups = render.coarse_groups(a.stages[-1].centroids)
+    assert groups.max() + 1 <= 10 and len(np.unique(groups)) == groups.max() + 1
+    point_colors, _ = render.stage_point_colors(a.stages)
+    group_of_point = groups[render.chain_assignments([s.assignment for s in a.stages])[-1]]  # (N,)
+    for colors in point_colors:  # every panel: one hue per group (shades blend towards black/white, hue kept)
+        hue = np.round([colorsys.rgb_to_hsv(*c)[0] for c in colors], 2)
+        assert len(np.unique(hue)) <= 10
+        for g in np.unique(group_of_point):
+            assert len(np.unique(hue[group_of_point == g])) == 1
+    masses = render.centroid_masses([s.assignment for s in a.stages], [512, 256, 128])
+    assert [int(m.sum()) for m in masses] == [1024] * 3
+    radii = render.mass_radii(masses[-1])
+    assert radii[masses[-1].argmax()] == radii.max() and radii[masses[-1].argmin()] == radii.min()
+    paths = analysis.render_analysis(a, tmp_path, (160, 120))
+    assert len(paths["ply"]) == 6
