@@ -1,6 +1,8 @@
-"""The generated default data sets: parametric labelled 3-D shapes written in the real ModelNet/ShapeNetPart layouts."""
+"""Transitional alias of :mod:`datamodules.synthetic` (the package's new name).
 
-from datamodules.generated.shapes import SHAPE_CLASSES, ShapeClass
-from datamodules.generated.write import CLASS_NAMES, PART_TABLE, GeneratorConfig, generate, sample_shape
+Kept only until ``datamodules/base.py`` and ``benchmarks/training.py`` import ``datamodules.synthetic``;
+delete this folder in the same commit.
+"""
 
-__all__ = ["CLASS_NAMES", "PART_TABLE", "SHAPE_CLASSES", "GeneratorConfig", "ShapeClass", "generate", "sample_shape"]
+from datamodules.synthetic import *  # noqa: F401,F403
+from datamodules.synthetic import __all__, generate  # noqa: F401

@@ -181,7 +181,7 @@ def _odd_h5_copy(gen_root: Path, out: Path) -> Path:
 
     args = tiny_args(gen_root)
     gen = {k.rsplit(".", 1)[-1]: int(v) for k, v in zip(args, args[1:]) if k.startswith("--data.init_args.generator.")}
-    from datamodules.generated.write import GeneratorConfig
+    from datamodules.synthetic.write import GeneratorConfig
 
     dm = ModelNetDataModule(str(gen_root), format="generated", num_points=512, generator=GeneratorConfig(**gen))
     dm.prepare_data()
