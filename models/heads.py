@@ -23,7 +23,7 @@ def _mlp_layer(in_dim: int, out_dim: int, dropout: float = 0.0) -> nn.Sequential
 
 
 class ClassificationHead(nn.Module):
-    """Max + mean pool over the set (paper.md §4), then an MLP to class logits.
+    """Max + mean pool over the set (docs/operator.md §4), then an MLP to class logits.
 
     Shapes: feat ``[B, M, in_channels]`` → logits ``[B, num_classes]``.
     """
@@ -55,7 +55,7 @@ def interpolate(pos_to: Tensor, pos_from: Tensor, feat_from: Tensor, k: int, eps
 
 
 class SegmentationHead(nn.Module):
-    """Per-point logits by propagating features back through the stages (paper.md §4 choice).
+    """Per-point logits by propagating features back through the stages (docs/operator.md §4 choice).
 
     From the last stage up to the input points: interpolate the coarse features onto the finer level
     (inverse-distance, ``k_interp`` nearest), concatenate that level's own features (skip connection),
