@@ -1,4 +1,5 @@
-"""Callbacks of the application: exact resume (RNG state), test-metric summary + JSON, prediction files."""
+"""Callbacks of the application: checkpoints at a path the config names, exact resume (RNG state),
+test-metric summary + JSON, prediction files, W&B panels."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
@@ -26,6 +27,21 @@ def _plain(value: Any) -> Any:
     if value.dim() > 0:
         return [_plain(v) for v in value]
     return None if value.isnan() else value.item()
+
+
+class Checkpoints(ModelCheckpoint):
+    """``ModelCheckpoint`` whose folder defaults to ``<trainer.default_root_dir>/checkpoints``.
+
+    Lightning's default is the logger's version folder (a W&B run id), which no command line can know in
+    advance; with this, an experiment that sets ``trainer.default_root_dir: runs/demo`` keeps its
+    checkpoints at ``runs/demo/checkpoints/{best-*,last}.ckpt``, and the callback's settings are written
+    once for all experiments (``configs/trainer/callbacks_*.yaml``).
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        super().setup(trainer, pl_module, stage)
 
 
 class RNGState(Callback):

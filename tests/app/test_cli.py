@@ -24,13 +24,30 @@ from tests.app.conftest import DEMO, DEMO_SEG, REPO, tiny_args
 EXPERIMENT_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
-def test_print_config(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _print_config(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     with pytest.raises(SystemExit) as exit_info:
-        make_cli(["fit", "--config", str(config), "--print_config"])
+        make_cli(["fit", *args, "--print_config"])
     assert exit_info.value.code in (0, None)
-    printed = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.name)
+def test_print_config_round_trips(config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An experiment composes its concern files; the printed, fully resolved config reproduces itself."""
+    printed = _print_config(["--config", str(config)], capsys)
     assert "class_path: app.tasks." in printed and "class_path: models.backbone.CentroidBackbone" in printed
+    assert "sync_batchnorm: false" in printed  # no BatchNorm anywhere (docs/operator.md §4)
+    (tmp_path / "resolved.yaml").write_text(printed)
+    assert _print_config(["--config", str(tmp_path / "resolved.yaml")], capsys) == printed
+
+
+def test_experiment_files_are_small_and_name_their_command() -> None:
+    """Experiments only compose concern files and set a few values; each header has its exact command."""
+    for config in EXPERIMENT_CONFIGS:
+        lines = config.read_text().splitlines()
+        body = [line for line in lines if line.strip() and not line.startswith("#")]
+        assert len(body) <= 10, f"{config.name}: {len(body)} lines; move shared settings into a concern file"
+        assert any(line.startswith(f"#   python -m app fit  --config configs/{config.name}") for line in lines)
 
 
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.name)

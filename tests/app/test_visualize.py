@@ -3,34 +3,39 @@
 from __future__ import annotations
 
 import colorsys
+import contextlib
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 import open3d as o3d
 import pytest
-import yaml
 from PIL import Image
 
 from app import analysis, render, visualize
+from app.cli import make_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> str:
-    """configs/demo.yaml with a tiny generated data set in a temporary folder and no logger."""
+    """configs/demo.yaml, fully resolved, with a tiny generated data set in a temporary folder and no logger."""
     tmp = tmp_path_factory.mktemp("vis")
-    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    cfg["trainer"]["logger"] = False
-    cfg["trainer"]["callbacks"] = []
-    data = cfg["data"]["init_args"]
-    data.update(root=str(tmp / "generated"), num_workers=0, num_points=256)
-    data["generator"] = {"train_per_class": 1, "val_per_class": 1, "test_per_class": 1, "points": 512}
-    backbone = cfg["model"]["init_args"]["backbone"]["init_args"]
-    backbone.update(num_centroids=[64, 16, 4], k=8)
+    overrides = [
+        "--trainer.logger", "false", "--trainer.callbacks", "[]",
+        "--data.init_args.root", str(tmp / "generated"), "--data.init_args.num_points", "256",
+        "--data.init_args.generator.train_per_class", "1", "--data.init_args.generator.val_per_class", "1",
+        "--data.init_args.generator.test_per_class", "1", "--data.init_args.generator.points", "512",
+        "--model.init_args.backbone.init_args.num_centroids", "[64, 16, 4]",
+        "--model.init_args.backbone.init_args.k", "8",
+    ]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
+        make_cli(["--config", str(ROOT / "configs" / "demo.yaml"), *overrides, "--print_config"], run=False)
     path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(printed.getvalue())
     return str(path)
 
 
