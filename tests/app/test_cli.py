@@ -157,7 +157,7 @@ def test_wandb_offline_run_has_logged_keys(in_tmp: Path, gen_cls_root: Path, mon
     monkeypatch.setenv("WANDB_MODE", "offline")
     make_cli(["fit", "--config", DEMO, *tiny_args(gen_cls_root, epochs=1, csv=False)])
     wandb.finish()  # what the process's exit does for a command-line run
-    runs = list((in_tmp / "runs/demo/wandb").glob("offline-run-*/run-*.wandb"))
+    runs = list((in_tmp / "runs/wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, "expected one offline W&B run"
     # Offline runs keep their records (protobuf) in the .wandb file until `wandb sync`; the logged keys and
     # the snapshotted config appear in it verbatim.
