@@ -59,7 +59,7 @@ def analyse(task: LightningModule, sample: dict[str, Tensor], name: str = "", tr
     status = "" if trained else " · untrained"
     parts = true_parts = None
     if hasattr(task, "class_names"):
-        probs = task.head(out.stages[-1].feat).softmax(-1)[0]
+        probs = task.head(out).softmax(-1)[0]
         pred = int(probs.argmax())
         truth = f"true: {task.class_names[int(sample['label'])]} · " if "label" in sample else ""
         title = f"{name} · {truth}predicted: {task.class_names[pred]} ({float(probs[pred]):.0%}){status}"
