@@ -16,6 +16,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from app import render
+from app.analysis import analyse, render_analysis
 from app.paths import fresh_path, run_dir
 
 
@@ -111,8 +113,6 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
     ) -> None:
-        from app.render import centroid_colors, write_ply  # Open3D only when predicting
-
         loader = trainer.predict_dataloaders
         dataset = (loader[0] if isinstance(loader, Sequence) else loader).dataset
         names = getattr(dataset, "names", None)
@@ -133,7 +133,8 @@ class PredictionWriter(BasePredictionWriter):
                     part = batch["part"][i].cpu().numpy()
                     stem = re.sub(r"[^\w.-]+", "_", Path(name).name).strip("_")  # "x.h5[3]" → "x.h5_3"
                     ply = fresh_path(directory / f"{stem}_parts.ply")
-                    write_ply(ply, batch["pos"][i].cpu().numpy(), centroid_colors(int(part.max()) + 1)[part])
+                    colors = render.centroid_colors(int(part.max()) + 1)[part]
+                    render.write_ply(ply, batch["pos"][i].cpu().numpy(), colors)
                     rows.append({"input": name, "parts": part.tolist(), "ply": str(ply)})
         directory.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1))
@@ -169,8 +170,6 @@ class WandbPanels(Callback):
         import wandb
         from PIL import Image
 
-        from app import render
-        from app.analysis import analyse, render_analysis
 
         loaders = trainer.val_dataloaders
         dataset = (loaders[0] if isinstance(loaders, Sequence) else loaders).dataset
