@@ -50,10 +50,10 @@ CANDIDATES: dict[str, tuple[str, dict, list[int], int]] = {
     "PointNet++ SSG": ("pointnet2", {}, [2, 4, 8], 2),
     "Full self-attention": ("full_attention", {}, [2, 4, 8], 2),
     "Centroid, plain init (before)": ("centroid_local", {}, [2, 4, 8], 2),
-    "Centroid + LayerScale 1e-3": ("centroid_local", {"layer_scale": 1e-3}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3 (default)": ("centroid_local", {"layer_scale": 1e-3}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, T = 1": ("centroid_local", {"layer_scale": 1e-3}, [2, 4, 8], 1),
     "Centroid + normalised offsets": ("centroid_local", {"normalize_offsets": True}, [2, 4, 8], 2),
-    "Centroid + both (default)": ("centroid_local", {"layer_scale": 1e-3, "normalize_offsets": True}, [2, 4, 8], 2),
-    "Centroid + both, T = 1": ("centroid_local", {"layer_scale": 1e-3, "normalize_offsets": True}, [2, 4, 8], 1),
+    "Centroid + LayerScale 1e-3, 2-layer KNN init": ("centroid_local", {"layer_scale": 1e-3, "init_layers": 2}, [2, 4, 8], 2),
 }
 
 

@@ -1,39 +1,24 @@
-"""Callbacks of the application: exact resume (RNG state), test-metric summary + JSON, prediction files."""
+"""Callbacks of the application: checkpoints at a path the config names, exact resume (RNG state),
+test-metric summary + JSON, prediction files, W&B panels."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-
-def run_dir(trainer: Trainer) -> Path:
-    """The folder of this run: the logger's version folder (W&B: ``save_dir/project/run-id``)."""
-    logger = trainer.logger
-    if isinstance(logger, WandbLogger):
-        path = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version)
-    elif logger is not None and getattr(logger, "log_dir", None):
-        path = Path(logger.log_dir)
-    else:
-        path = Path(trainer.default_root_dir)
-    return path
-
-
-def fresh_path(path: Path) -> Path:
-    """``path`` if it does not exist yet, else ``stem-1.ext``, ``stem-2.ext``, ...: never overwrite."""
-    candidate, n = path, 0
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
+from app import render
+from app.analysis import analyse, render_analysis
+from app.paths import fresh_path, run_dir
 
 
 def _plain(value: Any) -> Any:
@@ -44,6 +29,21 @@ def _plain(value: Any) -> Any:
     if value.dim() > 0:
         return [_plain(v) for v in value]
     return None if value.isnan() else value.item()
+
+
+class Checkpoints(ModelCheckpoint):
+    """``ModelCheckpoint`` whose folder defaults to ``<trainer.default_root_dir>/checkpoints``.
+
+    Lightning's default is the logger's version folder (a W&B run id), which no command line can know in
+    advance; with this, an experiment that sets ``trainer.default_root_dir: runs/demo`` keeps its
+    checkpoints at ``runs/demo/checkpoints/{best-*,last}.ckpt``, and the callback's settings are written
+    once for all experiments (``configs/trainer/callbacks_*.yaml``).
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        super().setup(trainer, pl_module, stage)
 
 
 class RNGState(Callback):
@@ -114,8 +114,6 @@ class PredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
     ) -> None:
-        from app.render import centroid_colors, write_ply  # Open3D only when predicting
-
         loader = trainer.predict_dataloaders
         dataset = (loader[0] if isinstance(loader, Sequence) else loader).dataset
         names = getattr(dataset, "names", None)
@@ -134,8 +132,10 @@ class PredictionWriter(BasePredictionWriter):
                                  "probabilities": dict(zip(class_names, probs))})
                 else:
                     part = batch["part"][i].cpu().numpy()
-                    ply = fresh_path(directory / f"{Path(name).stem.replace(' ', '_')}_parts.ply")
-                    write_ply(ply, batch["pos"][i].cpu().numpy(), centroid_colors(int(part.max()) + 1)[part])
+                    stem = re.sub(r"[^\w.-]+", "_", Path(name).name).strip("_")  # "x.h5[3]" → "x.h5_3"
+                    ply = fresh_path(directory / f"{stem}_parts.ply")
+                    colors = render.centroid_colors(int(part.max()) + 1)[part]
+                    render.write_ply(ply, batch["pos"][i].cpu().numpy(), colors)
                     rows.append({"input": name, "parts": part.tolist(), "ply": str(ply)})
         directory.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1))
@@ -171,8 +171,6 @@ class WandbPanels(Callback):
         import wandb
         from PIL import Image
 
-        from app import render
-        from app.visualize import analyse, render_analysis
 
         loaders = trainer.val_dataloaders
         dataset = (loaders[0] if isinstance(loaders, Sequence) else loaders).dataset

@@ -2,6 +2,8 @@
 
 One small ``LightningCLI`` subclass. Values one part derives from another (number of classes,
 input channels, the part table) are linked from the data module into the model, never written twice.
+A ``--ckpt_path`` file is checked against the model and data the config builds before anything runs,
+and every failure is one line naming the file and the problem (full traceback: ``--verbose``).
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ import warnings
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 import yaml
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from app.callbacks import fresh_path, run_dir
+from app.checkpoint import CheckpointError, check_fits, read_checkpoint
+from app.errors import run_with_one_line_errors
+from app.paths import fresh_path, run_dir
+
+#: ``ckpt_path`` values that Lightning resolves itself (not files).
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 def _mask_to_lists(mask: torch.Tensor) -> list[list[int]]:
@@ -57,6 +64,29 @@ class CentroidCLI(LightningCLI):
             "data.part_mask", "model.init_args.part_mask", compute_fn=_mask_to_lists, apply_on="instantiate"
         )
 
+    def _ckpt_file(self) -> str | None:
+        """The ``--ckpt_path`` of this run when it names a file (not ``last``/``best``/...)."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        return None if ckpt is None or str(ckpt) in SPECIAL_CKPT_PATHS else str(ckpt)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyper-parameters into the config here: first make sure the file
+        # is one of ours (weights-only) and holds the task class the config asks for.
+        ckpt = self._ckpt_file()
+        if ckpt is not None:
+            saved = read_checkpoint(ckpt)["hyper_parameters"]["_class_path"]
+            wanted = self.config[self.config.subcommand].model.class_path
+            if saved != wanted:
+                raise CheckpointError(ckpt, f"holds a {saved.rsplit('.', 1)[-1]}, the config builds a {wanted.rsplit('.', 1)[-1]}")
+        super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        ckpt = self._ckpt_file()
+        if ckpt is not None:
+            check_fits(ckpt, self.model, self.datamodule)
+        super()._run_subcommand(subcommand)
+
 
 def make_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> CentroidCLI:
     """Build (and by default run) the CLI; ``args`` as on the command line, ``None`` = ``sys.argv``."""
@@ -86,19 +116,6 @@ def build_from_config(config: str, overrides: list[str] | None = None) -> tuple[
     return cli.model, cli.datamodule
 
 
-def load_task(ckpt_path: str, map_location: str | torch.device = "cpu") -> LightningModule:
-    """Rebuild a trained task from its checkpoint alone (``weights_only=True``: no pickled code runs)."""
-    import app.tasks  # noqa: F401  (the classes a checkpoint may name must be imported)
-
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
-    class_path = ckpt.get("hyper_parameters", {}).get("_class_path")
-    if class_path is None:
-        raise ValueError(f"{ckpt_path}: not a checkpoint written by this application (no '_class_path' hyper-parameter)")
-    module_name, cls_name = class_path.rsplit(".", 1)
-    cls = getattr(__import__(module_name, fromlist=[cls_name]), cls_name)
-    return cls.load_from_checkpoint(ckpt_path, map_location=map_location, weights_only=True)
-
-
 def main(args: list[str] | None = None) -> Trainer:
-    """Entry point of ``python -m app``."""
-    return make_cli(args).trainer
+    """Entry point of ``python -m app``: one-line errors, ``--verbose`` for the traceback."""
+    return run_with_one_line_errors(lambda argv: make_cli(argv).trainer, args)

@@ -14,9 +14,11 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from app.callbacks import TestMetricsWriter, run_dir
+from app.analysis import analyse, render_analysis, sample_from_split
+from app.callbacks import TestMetricsWriter
 from app.cli import make_cli
-from app.visualize import analyse, render_analysis, sample_from_split
+from app.errors import run_with_one_line_errors
+from app.paths import run_dir
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 #: The class whose first test shape is drawn (the generated data set has one; else the first shape).
@@ -41,7 +43,7 @@ def _render(task: object, datamodule: object, out_dir: Path) -> Path | None:
     return (paths["grid"] or paths["ply"])[0]
 
 
-def main(argv: list[str] | None = None) -> None:
+def run(argv: list[str]) -> None:
     """Train, test and draw; prints a summary with the paths of the results."""
     parser = argparse.ArgumentParser(prog="python -m app.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG)
@@ -62,6 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  metrics JSON: {metrics_file}")
         print(f"  centroids:    {picture}")
         print(f"  checkpoints:  {trainer.checkpoint_callback.dirpath}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one-line errors, ``--verbose`` for the traceback."""
+    run_with_one_line_errors(run, argv)
 
 
 if __name__ == "__main__":

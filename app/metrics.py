@@ -1,7 +1,7 @@
 """Evaluation metrics that are exact under DDP.
 
 ``DistributedSampler`` pads the evaluation set so that every rank gets the same number of samples,
-which double-counts a few shapes (style.md lesson 5). These metrics keep one row per evaluated
+which double-counts a few shapes (docs/choices.md §3). These metrics keep one row per evaluated
 sample together with the sample's dataset ``index``; after the cross-rank gather they drop the
 duplicated indices and only then reduce. One process and N processes therefore give identical numbers.
 """

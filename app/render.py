@@ -9,14 +9,18 @@ Stage ``s`` maps its inputs (the N points for ``s = 0``, else stage ``s-1``'s ce
 centroids; ``assignment[s][j]`` is the centroid that input ``j`` is assigned to (argmax attention).
 Chaining the assignments gives, for every input point, the stage-``s`` centroid that summarises it.
 
-* The deepest stage's centroids get the distinct palette colours ``centroid_colors(M_{S-1})``.
+* The deepest stage's centroids are clustered by position into at most ``max_groups`` coarse groups
+  (``coarse_groups``, k-means); each group gets one palette hue, its members shades of it. With a
+  handful of last-stage centroids every centroid is its own group; at paper scale (128) the picture
+  shows ~10 readable regions instead of 128 near-identical hues.
 * Every shallower centroid inherits the colour of the deeper centroid it is assigned to, with a small
   lightness shift among siblings (``shade``) so that the finer partition stays visible.
 * Panel ``s`` shows the N input points, each in the colour of its stage-``s`` centroid, and the
   stage-``s`` centroids as larger spheres in the same colours.
 
 So a hue is one coarse group of the last stage throughout the grid: reading the panels left to right,
-the shades of one hue merge into the single sphere that summarises them.
+the shades of one hue merge into the spheres that summarise them. A sphere's size grows with its mass,
+the number of input points it summarises (``centroid_masses``; area proportional to mass).
 """
 
 from __future__ import annotations
@@ -83,17 +87,55 @@ def chain_assignments(assignments: Sequence[np.ndarray]) -> list[np.ndarray]:
     return chained
 
 
-def stage_colors(assignments: Sequence[np.ndarray], num_centroids: Sequence[int], shade: float = 0.25) -> list[np.ndarray]:
+def coarse_groups(centroids: np.ndarray, max_groups: int = 10, iters: int = 20) -> np.ndarray:
+    """Group ``[M, 3]`` centroid positions into at most ``max_groups`` spatial groups (deterministic k-means).
+
+    Seeds are farthest-point picks from centroid 0, so the result depends only on the positions.
+    Returns ``[M]`` int64 group ids in ``0..G-1``; with ``M <= max_groups`` every centroid is its own group.
+    """
+    c = np.asarray(centroids, dtype=np.float64)
+    m = len(c)
+    if m <= max_groups:
+        return np.arange(m, dtype=np.int64)
+    seeds = [0]
+    dist = np.linalg.norm(c - c[0], axis=1)
+    for _ in range(max_groups - 1):
+        seeds.append(int(dist.argmax()))
+        dist = np.minimum(dist, np.linalg.norm(c - c[seeds[-1]], axis=1))
+    centers = c[seeds]
+    for _ in range(iters):
+        group = np.linalg.norm(c[:, None] - centers[None], axis=-1).argmin(1)  # (M,)
+        centers = np.stack([c[group == g].mean(0) if (group == g).any() else centers[g] for g in range(max_groups)])
+    _, group = np.unique(group, return_inverse=True)  # drop empty groups, keep ids dense
+    return group.astype(np.int64)
+
+
+def centroid_masses(assignments: Sequence[np.ndarray], num_centroids: Sequence[int]) -> list[np.ndarray]:
+    """Per stage, how many of the N input points each centroid summarises (through the assignment chain).
+
+    Returns ``[M_s]`` int64 per stage; each sums to N.
+    """
+    return [np.bincount(idx, minlength=m) for idx, m in zip(chain_assignments(assignments), num_centroids)]
+
+
+def stage_colors(
+    assignments: Sequence[np.ndarray],
+    num_centroids: Sequence[int],
+    shade: float = 0.25,
+    groups: np.ndarray | None = None,
+) -> list[np.ndarray]:
     """Colours of every stage's centroids, inherited from the deepest stage (see the module docstring).
 
-    ``shade`` is the lightness spread among the siblings of one parent (0: exact inheritance).
+    ``shade`` is the lightness spread among the siblings of one parent (0: exact inheritance);
+    ``groups`` ``[M_{S-1}]`` gives the deepest centroids' coarse groups (default: one group each).
 
     Shapes:
         assignments[s]: ``[N_s]`` int; num_centroids[s] = ``M_s``. Returns ``[M_s, 3]`` float32 per stage.
     """
     if len(assignments) != len(num_centroids):
         raise ValueError(f"{len(assignments)} assignments for {len(num_centroids)} stages")
-    colors = [centroid_colors(num_centroids[-1])]
+    groups = np.arange(num_centroids[-1]) if groups is None else np.asarray(groups, dtype=np.int64)
+    colors = [_shade_siblings(centroid_colors(int(groups.max()) + 1)[groups], groups, shade)]
     for s in range(len(num_centroids) - 2, -1, -1):
         parent = np.asarray(assignments[s + 1], dtype=np.int64)  # (M_s,) stage-s centroid → stage s+1
         if parent.shape != (num_centroids[s],):
@@ -114,13 +156,17 @@ def _shade_siblings(rgb: np.ndarray, parent: np.ndarray, shade: float) -> np.nda
     return out.astype(np.float32)
 
 
-def stage_point_colors(stages: Sequence[StageArrays], shade: float = 0.25) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def stage_point_colors(
+    stages: Sequence[StageArrays], shade: float = 0.25, max_groups: int = 10
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per stage: colours of the N input points and of the stage's centroids (same colour rule).
 
+    The deepest centroids are grouped into at most ``max_groups`` coarse groups (:func:`coarse_groups`).
     Returns ``(point_colors, centroid_colors)``: lists of ``[N, 3]`` and ``[M_s, 3]`` float32 arrays.
     """
     assignments = [st.assignment for st in stages]
-    cent = stage_colors(assignments, [len(st.centroids) for st in stages], shade)
+    groups = coarse_groups(stages[-1].centroids, max_groups)
+    cent = stage_colors(assignments, [len(st.centroids) for st in stages], shade, groups)
     chained = chain_assignments(assignments)
     return [c[idx] for c, idx in zip(cent, chained)], cent
 
@@ -271,11 +317,13 @@ def stage_geometries(
     centroid_colors: np.ndarray,
     neighbor_lines: np.ndarray | None = None,
     scale: float | None = None,
+    masses: np.ndarray | None = None,
 ) -> dict[str, object]:
     """Open3D geometries of one stage: ``points`` (cloud), ``centroids`` (one mesh of spheres), ``neighbors`` (lines).
 
-    ``scale`` is the cloud's radius that sizes the spheres (default: from ``points``). Shapes as in
-    :func:`render_stage_png`.
+    ``scale`` is the cloud's radius that sizes the spheres (default: from ``points``); ``masses`` ``[M]``
+    (points summarised per centroid) scales each sphere's area with its mass, within 0.4x..2x the
+    radius of an average centroid. Shapes as in :func:`render_stage_png`.
     """
     import open3d as o3d
 
@@ -294,7 +342,8 @@ def stage_geometries(
     # Fewer centroids get bigger spheres; capped so that a handful do not hide the shape.
     unit = o3d.geometry.TriangleMesh.create_sphere(radius=scale * min(0.045, 0.4 / np.sqrt(m)), resolution=8)
     uv, ut = np.asarray(unit.vertices), np.asarray(unit.triangles)
-    verts = (centroids[:, None, :] + uv[None]).reshape(-1, 3)  # (M * V, 3)
+    size = np.ones(m) if masses is None else mass_radii(masses)
+    verts = (centroids[:, None, :] + size[:, None, None] * uv[None]).reshape(-1, 3)  # (M * V, 3)
     tris = (ut[None] + (np.arange(m) * len(uv))[:, None, None]).reshape(-1, 3)
     spheres = o3d.geometry.TriangleMesh(v3(verts), o3d.utility.Vector3iVector(tris))
     # Shading baked into the vertex colours (Lambert + ambient): the same colours in every viewer.
@@ -311,6 +360,13 @@ def stage_geometries(
         lines.colors = v3(np.repeat(colors, k, axis=0))
         out["neighbors"] = lines
     return out
+
+
+def mass_radii(masses: np.ndarray) -> np.ndarray:
+    """Relative sphere radii ``[M]``: ``sqrt(mass / mean mass)`` (area ∝ mass), clipped to ``[0.4, 2]``."""
+    mass = np.asarray(masses, dtype=np.float64)
+    mean = mass.mean() if mass.size and mass.mean() > 0 else 1.0
+    return np.clip(np.sqrt(mass / mean), 0.4, 2.0)
 
 
 def _render(geometries: Sequence[object], camera: object, width: int, height: int) -> np.ndarray:
@@ -357,7 +413,8 @@ def render_stage_png(
     return render_stage_pngs([(points, point_colors, centroids, centroid_colors, neighbor_lines, title)], [path], width, height, view)[0]
 
 
-Panel = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, "np.ndarray | None", "str | None"]
+#: ``(points, point_colors, centroids, centroid_colors, neighbor_lines, title[, masses])``.
+Panel = tuple
 
 
 def render_stage_pngs(
@@ -370,7 +427,7 @@ def render_stage_pngs(
     """Render several panels with the same camera and scale (framed on the first panel's points).
 
     Each panel is ``(points, point_colors, centroids, centroid_colors, neighbor_lines, title)`` as in
-    :func:`render_stage_png`.
+    :func:`render_stage_png`, optionally followed by the centroid ``masses`` (sphere sizes).
     """
     from PIL import Image
 
@@ -383,8 +440,8 @@ def render_stage_pngs(
     scale = float(np.linalg.norm(frame - center, axis=1).max()) or 1.0
     camera = _camera(frame, view or View(), width, height)
     out = []
-    for (pts, pc, cen, cc, lines, title), path in zip(panels, paths):
-        geometries = stage_geometries(pts, pc, cen, cc, lines, scale).values()
+    for (pts, pc, cen, cc, lines, title, *masses), path in zip(panels, paths):
+        geometries = stage_geometries(pts, pc, cen, cc, lines, scale, masses[0] if masses else None).values()
         img = Image.fromarray(_render(list(geometries), camera, width, height))
         if title:
             img = _caption(img, title)

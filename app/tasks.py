@@ -3,7 +3,7 @@
 A task composes a backbone (injected from the config by ``class_path``) with a head it builds
 itself from plain numbers. Built through the CLI (``app.cli``), the checkpoint stores the resolved
 config as plain data, so ``Task.load_from_checkpoint(path, weights_only=True)`` rebuilds the model
-with nothing else at hand (style.md, "the Lightning layer").
+with nothing else at hand (docs/choices.md §2).
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ class ClassificationTask(_PointTask):
 
     def head_logits(self, out: BackboneOutput, batch: dict[str, Tensor]) -> Tensor:
         """Class logits ``[B, num_classes]``."""
-        return self.head(out.stages[-1].feat)
+        return self.head(out)
 
     def vote_logits(self, batch: dict[str, Tensor]) -> Tensor:
         """Mean of the logits ``[B, num_classes]`` over ``vote_views`` scaled and shifted views of the batch."""

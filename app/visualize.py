@@ -19,85 +19,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-from lightning import LightningModule
-from torch import Tensor
+from lightning import LightningDataModule, LightningModule
 
 from app import render
-from app.callbacks import fresh_path
+from app.analysis import Analysis, analyse, render_analysis, sample_from_split
+from app.checkpoint import check_data_settings, load_datamodule, load_task, read_checkpoint
+from app.cli import build_from_config
+from app.errors import run_with_one_line_errors
+from app.paths import fresh_path
 from datamodules.files import load_file_sample
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 DEFAULT_OUT_ROOT = Path("outputs/visualize")
 
 
-@dataclass
-class Analysis:
-    """What the pictures show, as numpy arrays of one cloud.
-
-    Shapes:
-        points ``[N, 3]``; stages: one :class:`render.StageArrays` per stage; parts ``[N]`` predicted part
-        per point (segmentation) and true_parts ``[N]`` when known.
-    """
-
-    points: np.ndarray
-    stages: list[render.StageArrays]
-    title: str
-    parts: np.ndarray | None = None
-    true_parts: np.ndarray | None = None
-    stage_inputs: list[np.ndarray] = field(default_factory=list)  # positions of each stage's inputs
-
-
 # ---------------------------------------------------------------------------------------------- inputs
-def load_model(ckpt: str | None, config: str) -> tuple[LightningModule, object]:
-    """The task (trained from ``ckpt``, else untrained from ``config``) and the config's data module."""
-    from app.cli import build_from_config, load_task
+def load_model(ckpt: str | None, config: str | None) -> tuple[LightningModule, LightningDataModule]:
+    """The task and data module to draw.
 
-    task, datamodule = build_from_config(config)
-    if ckpt is not None:
-        task = load_task(ckpt)
+    With ``ckpt``: the trained task and the data settings it was trained with, both from the checkpoint
+    (a ``config`` given too supplies the data module, and must agree on the data settings, else a
+    :class:`~app.checkpoint.CheckpointError`). Without: the untrained task of ``config`` (default demo).
+    """
+    if ckpt is None:
+        task, datamodule = build_from_config(config or DEFAULT_CONFIG)
+        return task.eval(), datamodule
+    task = load_task(ckpt)
+    if config is None:
+        return task.eval(), load_datamodule(ckpt)
+    _, datamodule = build_from_config(config)
+    check_data_settings(ckpt, read_checkpoint(ckpt).get("datamodule_hyper_parameters") or {}, datamodule)
     return task.eval(), datamodule
-
-
-def sample_from_split(datamodule: object, split: str, index: int) -> dict[str, Tensor]:
-    """Sample ``index`` of a data set split (``test`` or ``val``), unbatched as the dataset yields it."""
-    datamodule.prepare_data()
-    datamodule.setup("test" if split == "test" else "validate")
-    dataset = (datamodule.test_dataloader() if split == "test" else datamodule.val_dataloader()).dataset
-    if not 0 <= index < len(dataset):
-        raise IndexError(f"--index {index} is out of range: the {split} split has {len(dataset)} samples")
-    return dataset[index]
-
-
-# ---------------------------------------------------------------------------------------------- model
-@torch.no_grad()
-def analyse(task: LightningModule, sample: dict[str, Tensor], name: str = "", trained: bool = True) -> Analysis:
-    """Run the task on one unbatched sample and collect the per-stage centroids and assignments."""
-    batch = {k: v.unsqueeze(0).to(task.device) for k, v in sample.items()}
-    out = task.features(batch, return_attention=True)
-    points = out.pos[0].cpu().numpy()
-    stages, inputs = [], [points]
-    for st in out.stages:
-        stages.append(render.StageArrays(st.pos[0].cpu().numpy(), st.assignment[0].cpu().numpy(), st.neighbors[0].cpu().numpy()))
-        inputs.append(stages[-1].centroids)
-    status = "" if trained else " · untrained"
-    parts = true_parts = None
-    if hasattr(task, "class_names"):
-        probs = task.logits(batch, out).softmax(-1)[0]
-        pred = int(probs.argmax())
-        truth = f"true: {task.class_names[int(sample['label'])]} · " if "label" in sample else ""
-        title = f"{name} · {truth}predicted: {task.class_names[pred]} ({float(probs[pred]):.0%}){status}"
-    else:
-        if "category" not in sample:
-            raise ValueError("segmentation needs the shape's category: pass --category NAME")
-        parts = task.logits(batch, out).argmax(-1)[0].cpu().numpy()
-        true_parts = sample["part"].numpy() if "part" in sample else None
-        title = f"{name} · category: {task.category_names[int(sample['category'])]}{status}"
-    return Analysis(points, stages, title.strip(" ·"), parts, true_parts, inputs[:-1])
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -112,42 +66,6 @@ def prepare_out_dir(out: str | Path | None, name: str, overwrite: bool = False) 
         if path.is_dir() and any(path.iterdir()) and not overwrite:
             raise FileExistsError(f"--out {path} exists and is not empty: pass --overwrite or choose another folder")
     return path
-
-
-def render_analysis(
-    a: Analysis, out_dir: str | Path, size: tuple[int, int] = (640, 480), neighbors: bool = False
-) -> dict[str, list[Path]]:
-    """Write ``stage<s>.png``, ``grid.png`` and ``stage<s>_points.ply``/``stage<s>_centroids.ply`` (+ parts).
-
-    Returns the written paths by kind (``png``, ``grid``, ``ply``). If the renderer cannot start, its
-    one-line reason goes to stderr and only the ``.ply`` files are written.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    point_colors, cent_colors = render.stage_point_colors(a.stages)
-    panels, names, ply = [], [], []
-    for s, (st, pc, cc, inp) in enumerate(zip(a.stages, point_colors, cent_colors, a.stage_inputs), start=1):
-        lines = inp[st.neighbors] if neighbors and st.neighbors is not None else None  # (M, k, 3)
-        panels.append((a.points, pc, st.centroids, cc, lines, f"stage {s}: {len(inp)} → {len(st.centroids)} centroids"))
-        names.append(f"stage{s}")
-        ply += [render.write_ply(out_dir / f"stage{s}_points.ply", a.points, pc),
-                render.write_ply(out_dir / f"stage{s}_centroids.ply", st.centroids, cc)]  # fmt: skip
-    for key, labels in (("parts", a.parts), ("true_parts", a.true_parts)):
-        if labels is not None:
-            colors = render.centroid_colors(int(labels.max()) + 1)[labels]
-            title = "predicted parts" if key == "parts" else "true parts"
-            panels.append((a.points, colors, np.zeros((0, 3)), np.zeros((0, 3)), None, title))
-            names.append(key)
-            ply.append(render.write_ply(out_dir / f"{key}.ply", a.points, colors))
-    paths = {"ply": ply, "png": [], "grid": []}
-    try:
-        w, h = size
-        paths["png"] = render.render_stage_pngs(panels, [out_dir / f"{n}.png" for n in names], w, h)
-    except render.RendererUnavailable as err:
-        print(f"no PNGs: {err}", file=sys.stderr)
-        return paths
-    paths["grid"] = [render.render_grid_png(paths["png"], out_dir / "grid.png", a.title)]
-    return paths
 
 
 def show(a: Analysis) -> None:
@@ -169,7 +87,8 @@ def has_display() -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m app.visualize", description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", help="trained checkpoint; without it the untrained, KNN-initialised centroids are shown")
-    p.add_argument("--config", default=DEFAULT_CONFIG, help=f"model + data config (default {DEFAULT_CONFIG})")
+    p.add_argument("--config", help=f"model + data config (default: the checkpoint's own data settings; "
+                                     f"without --ckpt {DEFAULT_CONFIG})")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--file", help="a point cloud or mesh of yours: .off, .ply, .txt, .npy")
     src.add_argument("--split", choices=["test", "val"], help="take the shape from this split of the config's data (default test)")
@@ -183,31 +102,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, list[Path]]:
-    """Entry point; prints and returns the written paths."""
+def draw(argv: list[str]) -> dict[str, list[Path]]:
+    """The command without the error wrapper; prints and returns the written paths."""
     args = parse_args(argv)
     if args.size[0] < 16 or args.size[1] < 16:
-        raise SystemExit(f"--size {args.size[0]} {args.size[1]}: both sides must be at least 16 pixels")
+        raise ValueError(f"--size {args.size[0]} {args.size[1]}: both sides must be at least 16 pixels")
     name = Path(args.file).stem if args.file is not None else f"{args.split or 'test'}-{args.index}"
-    try:
-        out_dir = prepare_out_dir(args.out, name, args.overwrite)
-    except FileExistsError as err:
-        raise SystemExit(f"error: {err}") from None
+    out_dir = prepare_out_dir(args.out, name, args.overwrite)
     task, datamodule = load_model(args.ckpt, args.config)
-    try:
-        if args.file is not None:
-            category = None
-            if args.category is not None:
-                names = list(getattr(task, "category_names", []))
-                if args.category not in names:
-                    raise SystemExit(f"--category {args.category!r} is not one of {names}")
-                category = names.index(args.category)
-            num_points = datamodule.num_points
-            sample = load_file_sample(args.file, num_points, task.backbone.in_channels > 0, category=category)
-        else:
-            sample = sample_from_split(datamodule, args.split or "test", args.index)
-    except (ValueError, IndexError) as err:  # DataFormatError is a ValueError naming the file
-        raise SystemExit(f"error: {err}") from None
+    if args.file is not None:
+        category = None
+        if args.category is not None:
+            names = list(getattr(task, "category_names", []))
+            if args.category not in names:
+                raise ValueError(f"--category {args.category!r} is not one of {names}")
+            category = names.index(args.category)
+        sample = load_file_sample(args.file, datamodule.num_points, task.backbone.in_channels > 0, category=category)
+    else:
+        sample = sample_from_split(datamodule, args.split or "test", args.index)
     analysis = analyse(task, sample, name, trained=args.ckpt is not None)
     paths = render_analysis(analysis, out_dir, tuple(args.size), args.neighbors)
     print(analysis.title)
@@ -220,6 +132,11 @@ def main(argv: list[str] | None = None) -> dict[str, list[Path]]:
         else:
             print("--show: no display here; open the PNGs or the .ply files instead", file=sys.stderr)
     return paths
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[Path]]:
+    """Entry point: one-line errors (``error: <file>: <problem>``, exit 1); ``--verbose`` for the traceback."""
+    return run_with_one_line_errors(draw, argv)
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class FullAttentionStage(nn.Module):
     """N points → M points: project, T steps of self-attention over all N, then FPS + KNN max-pool.
 
     Self-attention is the centroid block with M = N, u = x and T = 1 (exactly a pre-norm Transformer
-    layer, paper.md §1), applied ``steps`` times with shared weights like the centroid block.
+    layer, docs/operator.md §1), applied ``steps`` times with shared weights like the centroid block.
 
     Shapes: pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → pos ``[B, M, 3]``, feat ``[B, M, out_dim]``.
     """
@@ -202,4 +202,4 @@ class Classifier(nn.Module):
         self.backbone, self.head = backbone, head
 
     def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
-        return self.head(self.backbone(pos, x))
+        return self.head.classify(self.backbone(pos, x))

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import RATIOS, build_classifier
-from datamodules.generated.write import GeneratorConfig
+from datamodules.synthetic.write import GeneratorConfig
 from datamodules.modelnet import ModelNetDataModule
 
 

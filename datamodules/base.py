@@ -12,7 +12,7 @@ from datamodules.cache import cached
 from datamodules.dataset import PointCloudDataset
 from datamodules.errors import DataFormatError
 from datamodules.files import PointFilesDataset
-from datamodules.generated import generate
+from datamodules.synthetic import generate
 from datamodules.preprocess import build_fixed
 from datamodules.transforms import Augment, Chain, FPSOrder
 

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from datamodules.io import read_points
+from datamodules.io import count_clouds, read_points
 from datamodules.sampling import Sampling, select_points
-from datamodules.transforms import normalize_unit_sphere
+from datamodules.transforms import FPSOrder, normalize_unit_sphere
 
 #: Neighbours used to estimate normals of files that have none (when the model expects normals).
 NORMAL_NEIGHBORS = 16
@@ -41,12 +41,15 @@ def load_file_sample(
     sampling: Sampling = "fps",
     category: int | None = None,
     seed: int = 0,
+    index: int | None = None,
 ) -> dict[str, Tensor]:
-    """One user file (``.off .ply .txt .npy .h5``) as an unbatched sample ``{pos, [normal], [category]}``.
+    """One user file (``.off .ply .txt .npy .h5``) as an unbatched sample ``{pos, [normal], [category]}``, its
+    points in farthest-point order like every sample of the data modules.
 
-    Normals are estimated when the model needs them and the file has none. Errors name the file.
+    ``index`` picks one cloud of a multi-cloud ``.npy``/``.h5`` file. Normals are estimated when the model
+    needs them and the file has none. Errors name the file.
     """
-    cloud = read_points(path, seed=seed)
+    cloud = read_points(path, seed=seed, index=index)
     pos, normal = cloud["pos"], cloud["normal"]
     row = select_points([pos], num_points, sampling, np.random.default_rng(seed))[0]
     pos = normalize_unit_sphere(pos[row])
@@ -56,11 +59,15 @@ def load_file_sample(
         sample["normal"] = torch.from_numpy(np.ascontiguousarray(normal, np.float32))
     if category is not None:
         sample["category"] = torch.tensor(category, dtype=torch.long)
-    return sample
+    return FPSOrder()(sample)  # the batch contract: points in FPS order (docs/batch.md)
 
 
 class PointFilesDataset(Dataset[dict[str, Tensor]]):
-    """Samples of a list of user files, with ``index`` = position in the list and ``names`` = the paths."""
+    """Samples of a list of user files: every cloud of every file (a ``[B, N, C]`` ``.h5``/``.npy`` gives B).
+
+    ``index`` of a sample = its position in ``names``: the path, with ``[i]`` appended for the clouds of a
+    multi-cloud file. File headers are read (and checked) here, so a bad file fails before any model runs.
+    """
 
     def __init__(
         self,
@@ -72,13 +79,18 @@ class PointFilesDataset(Dataset[dict[str, Tensor]]):
     ) -> None:
         if not files:
             raise ValueError("no files given to predict on")
-        self.names = [str(f) for f in files]
+        self.entries: list[tuple[str, int | None]] = []
+        for f in files:
+            count = count_clouds(f)
+            self.entries += [(str(f), None)] if count == 1 else [(str(f), i) for i in range(count)]
+        self.names = [path if i is None else f"{path}[{i}]" for path, i in self.entries]
         self.num_points, self.use_normals, self.sampling, self.category = num_points, use_normals, sampling, category
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        sample = load_file_sample(self.names[i], self.num_points, self.use_normals, self.sampling, self.category)
+        path, cloud = self.entries[i]
+        sample = load_file_sample(path, self.num_points, self.use_normals, self.sampling, self.category, index=cloud)
         sample["index"] = torch.tensor(i, dtype=torch.long)
         return sample

@@ -1,6 +1,6 @@
 """Triangle meshes: a tolerant OFF parser and area-weighted surface sampling (points + face normals).
 
-The OFF parser copes with every ModelNet quirk of ../shared/data-formats.md §1: the glued ``OFF<nv> <nf> <ne>``
+The OFF parser copes with every ModelNet quirk of ``docs/formats.md`` §1: the glued ``OFF<nv> <nf> <ne>``
 header, trailing spaces, blank lines, a missing final newline, CRLF line ends, ``#`` comments, and polygons with
 more than three corners (fan-triangulated, never dropped). ``torch_geometric.io.read_off`` is not used: it breaks
 on CRLF and silently drops polygons with more than four corners.
@@ -83,6 +83,8 @@ def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     for no, tokens in body[nv:]:
         row = _ints(path, no, tokens, "a face")
         k = row[0]
+        if no == body[-1][0] and 3 <= k >= len(row):
+            raise DataFormatError(path, f"truncated: the last face (line {no}) declares {k} corners, {len(row) - 1} are present")
         if k < 3 or len(row) < k + 1:
             raise DataFormatError(path, f"line {no}: a face needs 'k i1 .. ik' with k >= 3, got {' '.join(tokens)!r}")
         idx = row[1 : k + 1]

@@ -13,8 +13,8 @@ import numpy as np
 
 from datamodules.base import PointCloudDataModule
 from datamodules.download import ARCHIVES, download_and_extract
-from datamodules.generated import CLASS_NAMES as GENERATED_CLASSES
-from datamodules.generated import GeneratorConfig
+from datamodules.synthetic import CLASS_NAMES as GENERATED_CLASSES
+from datamodules.synthetic import GeneratorConfig
 from datamodules.io import DEFAULT_MESH_POINTS
 from datamodules.modelnet_formats import (
     MissingPolicy,
@@ -61,6 +61,7 @@ class ModelNetDataModule(PointCloudDataModule):
     def __init__(
         self,
         root: str = "data/generated_modelnet",
+        *,  # everything else by name: a config or a call reads like the docstring's list
         format: ModelNetFormat = "auto",
         name: Literal["40", "10"] = "40",
         num_points: int = 1024,

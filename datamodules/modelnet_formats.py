@@ -1,4 +1,4 @@
-"""Readers of the three ModelNet layouts (../shared/data-formats.md §1-3), behind one small interface.
+"""Readers of the three ModelNet layouts (``docs/formats.md`` §1-3), behind one small interface.
 
 Each source knows its class names, whether it has normals, the files a split reads (for cache fingerprints) and
 streams a split as ``(points [N, 3 or 6] float32, label)``.
@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, Protocol
 
-import h5py
 import numpy as np
 
 from datamodules.errors import DataFormatError
-from datamodules.io import check_cloud, file_seed, read_table
+from datamodules.io import check_cloud, file_seed, read_h5_arrays, read_table
 from datamodules.mesh import read_off, sample_surface
 from datamodules.tables import modelnet_classes
 
@@ -157,18 +156,6 @@ def h5_split_files(root: Path, split: str, list_name: str, missing: MissingPolic
         handle_missing([(f, lst.name) for f in files if not f.is_file()], missing)
         return [f for f in files if f.is_file()]
     return sorted(root.glob(f"ply_data_{split}*.h5"), key=_natural)
-
-
-def read_h5_arrays(path: Path, keys: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Required and optional datasets of an h5 file, with a clear error when one is missing."""
-    try:
-        with h5py.File(path, "r") as f:
-            absent = [k for k in keys if k not in f]
-            if absent:
-                raise DataFormatError(path, f"HDF5 file lacks dataset(s) {absent} (has {sorted(f.keys())})")
-            return {k: np.asarray(f[k]) for k in keys + optional if k in f}
-    except OSError as e:
-        raise DataFormatError(path, f"not a readable HDF5 file ({e})") from e
 
 
 class PlyH5Source:

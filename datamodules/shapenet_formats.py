@@ -1,4 +1,4 @@
-"""Readers of the two ShapeNetPart layouts (../shared/data-formats.md §4): the ``_v0_normal`` txt layout and
+"""Readers of the two ShapeNetPart layouts (``docs/formats.md`` §4): the ``_v0_normal`` txt layout and
 the ``hdf5_data`` variant. Both stream a split as ``(points [N, 7 or 4] = xyz[, normals], part, category)``.
 
 The part table is the fixed 16-category / 50-part table of the real data, unless a ``part_table.json`` lies next
@@ -16,8 +16,8 @@ from typing import Literal
 import numpy as np
 
 from datamodules.errors import DataFormatError
-from datamodules.io import check_cloud, read_table
-from datamodules.modelnet_formats import MissingPolicy, h5_split_files, handle_missing, read_h5_arrays
+from datamodules.io import check_cloud, read_h5_arrays, read_table
+from datamodules.modelnet_formats import MissingPolicy, h5_split_files, handle_missing
 from datamodules.tables import SHAPENETPART_TABLE, PartTable
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import torch
 
 from datamodules.base import PointCloudDataModule
 from datamodules.download import ARCHIVES, download_and_extract
-from datamodules.generated import PART_TABLE as GENERATED_TABLE
-from datamodules.generated import GeneratorConfig
+from datamodules.synthetic import PART_TABLE as GENERATED_TABLE
+from datamodules.synthetic import GeneratorConfig
 from datamodules.modelnet_formats import MissingPolicy
 from datamodules.sampling import Sampling
 from datamodules.shapenet_formats import H5SegSource, TxtSegSource, detect_shapenet_format, load_part_table
@@ -49,6 +49,7 @@ class ShapeNetPartDataModule(PointCloudDataModule):
     def __init__(
         self,
         root: str = "data/generated_shapenetpart",
+        *,  # everything else by name: a config or a call reads like the docstring's list
         format: ShapeNetFormat = "auto",
         categories: list[str] | None = None,
         num_points: int = 2048,

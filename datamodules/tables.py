@@ -1,4 +1,4 @@
-"""Fixed class and part tables of the real data sets (../shared/data-formats.md §1 and §4)."""
+"""Fixed class and part tables of the real data sets (``docs/formats.md`` §1 and §4)."""
 
 from __future__ import annotations
 

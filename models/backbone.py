@@ -98,7 +98,8 @@ class CentroidStage(nn.Module):
         k: neighbours for the KNN initialisation; k_attn: neighbours each centroid attends to in local
             mode (default k; docs/operator.md §3).
         steps, heads, mode, pos_encoding, clustering_norm, ffn_ratio, dropout, layer_scale: of the
-            :class:`~models.centroid_attention.CentroidAttentionBlock`.
+            :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the
+            stage starts as its KNN initialisation, docs/operator.md §6).
         init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
         sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
@@ -127,7 +128,7 @@ class CentroidStage(nn.Module):
         normalize_offsets: bool = False,
         ffn_ratio: float = 2.0,
         dropout: float = 0.0,
-        layer_scale: float | None = None,
+        layer_scale: float | None = 1e-3,
         init_layers: int = 1,
     ) -> None:
         super().__init__()
@@ -227,7 +228,7 @@ class CentroidBackbone(nn.Module):
         normalize_offsets: bool = False,
         ffn_ratio: float = 2.0,
         dropout: float = 0.0,
-        layer_scale: float | None = None,
+        layer_scale: float | None = 1e-3,
         init_layers: int = 1,
     ) -> None:
         super().__init__()

@@ -14,7 +14,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.backbone import CentroidBackbone
-from models.heads import ClassificationHead, SegmentationHead
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -31,13 +30,12 @@ class _BackboneAndHead(nn.Module):
 
     def forward(self, pos: torch.Tensor, x: torch.Tensor | None) -> None:
         out = self.backbone.forward_features(pos, x)
-        if isinstance(self.head, SegmentationHead):
-            category = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-            self.head(out, category if self.head.num_categories > 0 else None)
-        elif isinstance(self.head, ClassificationHead):
-            self.head(out.stages[-1].feat)
-        elif self.head is not None:
-            raise TypeError(f"unsupported head {type(self.head).__name__}")
+        if self.head is None:
+            return
+        # The one head contract (models/heads.py): head(out), plus the category for category-conditioned heads.
+        conditioned = getattr(self.head, "num_categories", 0) > 0
+        category = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        self.head(out, category) if conditioned else self.head(out)
 
 
 @torch.no_grad()

@@ -1,6 +1,7 @@
-"""Heads: map backbone features to logits (classification of the whole set, segmentation of every point).
+"""Heads: map the backbone's output to logits (classification of the whole set, segmentation of every point).
 
-Normalisation is LayerNorm throughout (no BatchNorm): outputs do not depend on the other clouds of the
+One contract: every head's ``forward`` takes the :class:`~models.backbone.BackboneOutput` (segmentation also
+the object category), so callers never branch on the head's type. Normalisation is LayerNorm throughout (no BatchNorm): outputs do not depend on the other clouds of the
 batch, in training as in evaluation, and a batch of one trains.
 """
 
@@ -23,9 +24,10 @@ def _mlp_layer(in_dim: int, out_dim: int, dropout: float = 0.0) -> nn.Sequential
 
 
 class ClassificationHead(nn.Module):
-    """Max + mean pool over the set (paper.md §4), then an MLP to class logits.
+    """Max + mean pool over the last stage's centroids (docs/operator.md §4), then an MLP to class logits.
 
-    Shapes: feat ``[B, M, in_channels]`` → logits ``[B, num_classes]``.
+    Shapes: out :class:`BackboneOutput` whose last stage has feat ``[B, M, in_channels]`` → logits
+    ``[B, num_classes]``. :meth:`classify` does the same on any feature set ``[B, M, in_channels]``.
     """
 
     def __init__(self, in_channels: int, num_classes: int, hidden: list[int] = [512, 256], dropout: float = 0.5) -> None:  # noqa: B006
@@ -34,7 +36,11 @@ class ClassificationHead(nn.Module):
         self.mlp = nn.Sequential(*(_mlp_layer(a, b, dropout) for a, b in zip(dims[:-1], dims[1:])))
         self.classifier = nn.Linear(dims[-1], num_classes)
 
-    def forward(self, feat: Tensor) -> Tensor:
+    def forward(self, out: BackboneOutput) -> Tensor:
+        return self.classify(out.stages[-1].feat)
+
+    def classify(self, feat: Tensor) -> Tensor:
+        """Logits ``[B, num_classes]`` of a feature set ``[B, M, in_channels]`` (any backbone's)."""
         pooled = torch.cat([feat.amax(dim=1), feat.mean(dim=1)], dim=-1)  # (B, 2C)
         return self.classifier(self.mlp(pooled))
 
@@ -55,7 +61,7 @@ def interpolate(pos_to: Tensor, pos_from: Tensor, feat_from: Tensor, k: int, eps
 
 
 class SegmentationHead(nn.Module):
-    """Per-point logits by propagating features back through the stages (paper.md §4 choice).
+    """Per-point logits by propagating features back through the stages (docs/operator.md §4 choice).
 
     From the last stage up to the input points: interpolate the coarse features onto the finer level
     (inverse-distance, ``k_interp`` nearest), concatenate that level's own features (skip connection),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import make_cli
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = str(REPO / "configs" / "demo.yaml")
 DEMO_SEG = str(REPO / "configs" / "demo_seg.yaml")
@@ -62,3 +64,19 @@ def _quiet_wandb(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test talks to W&B servers; tests that check W&B set ``WANDB_MODE=offline`` themselves."""
     monkeypatch.setenv("WANDB_MODE", os.environ.get("WANDB_MODE_TEST", "disabled"))
     monkeypatch.setenv("WANDB_SILENT", "true")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """A one-epoch tiny classification run: its ``last.ckpt`` and the arguments that built it."""
+    root = tmp_path_factory.mktemp("errors")
+    args = ["--config", DEMO, *tiny_args(root / "data", epochs=1), "--trainer.default_root_dir", str(root / "runs"),
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={root / 'ckpt'}", "--trainer.callbacks.save_last=true"]  # fmt: skip
+    cwd = os.getcwd()
+    os.chdir(root)  # the configs write below relative paths
+    try:
+        make_cli(["fit", *args])
+    finally:
+        os.chdir(cwd)
+    return root / "ckpt" / "last.ckpt", args

@@ -154,3 +154,25 @@ def test_renderer_unavailable_gives_one_clear_message(monkeypatch, tmp_path) -> 
     with pytest.raises(render.RendererUnavailable, match="no EGL display.*ply files are written"):
         render.render_stage_png(_table(), np.zeros((600, 3)), np.zeros((0, 3)), np.zeros((0, 3)), tmp_path / "x.png", 32, 32)
     assert not (tmp_path / "x.png").exists()
+
+
+def test_coarse_groups_are_few_spatial_and_deterministic() -> None:
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(128, 3))
+    groups = render.coarse_groups(c, max_groups=10)
+    assert groups.shape == (128,) and 1 < groups.max() + 1 <= 10
+    np.testing.assert_array_equal(groups, render.coarse_groups(c, max_groups=10))
+    means = np.stack([c[groups == g].mean(0) for g in range(groups.max() + 1)])
+    nearest = np.linalg.norm(c[:, None] - means[None], axis=-1).argmin(1)
+    assert (nearest == groups).mean() > 0.95  # k-means: almost every centroid is nearest its own group's mean
+    np.testing.assert_array_equal(render.coarse_groups(c[:6]), np.arange(6))  # few centroids: one group each
+
+
+def test_masses_follow_the_assignment_chain_and_size_the_spheres() -> None:
+    # 6 points → 3 centroids → 2 centroids
+    assignments = [np.array([0, 0, 0, 1, 2, 2]), np.array([0, 1, 1])]
+    m1, m2 = render.centroid_masses(assignments, [3, 2])
+    np.testing.assert_array_equal(m1, [3, 1, 2])
+    np.testing.assert_array_equal(m2, [3, 3])
+    radii = render.mass_radii(np.array([0] * 10 + [4, 8, 100]))  # mean mass 8.6
+    assert radii[0] == 0.4 and radii[-1] == 2.0 and radii[-3] < radii[-2] == pytest.approx(np.sqrt(8 / (112 / 13)))

@@ -2,38 +2,54 @@
 
 from __future__ import annotations
 
+import colorsys
+import contextlib
+import io
+import re
 from pathlib import Path
 
 import numpy as np
 import open3d as o3d
 import pytest
-import yaml
 from PIL import Image
 
-from app import render, visualize
+from app import analysis, render, visualize
+from app.cli import make_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> str:
-    """configs/demo.yaml with a tiny generated data set in a temporary folder and no logger."""
+    """configs/demo.yaml, fully resolved, with a tiny generated data set in a temporary folder and no logger."""
     tmp = tmp_path_factory.mktemp("vis")
-    cfg = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
-    cfg["trainer"]["logger"] = False
-    cfg["trainer"]["callbacks"] = []
-    data = cfg["data"]["init_args"]
-    data.update(root=str(tmp / "generated"), num_workers=0, num_points=256)
-    data["generator"] = {"train_per_class": 1, "val_per_class": 1, "test_per_class": 1, "points": 512}
-    backbone = cfg["model"]["init_args"]["backbone"]["init_args"]
-    backbone.update(num_centroids=[64, 16, 4], k=8)
+    overrides = [
+        "--trainer.logger", "false", "--trainer.callbacks", "[]",
+        "--data.init_args.root", str(tmp / "generated"), "--data.init_args.num_points", "256",
+        "--data.init_args.generator.train_per_class", "1", "--data.init_args.generator.val_per_class", "1",
+        "--data.init_args.generator.test_per_class", "1", "--data.init_args.generator.points", "512",
+        "--model.init_args.backbone.init_args.num_centroids", "[64, 16, 4]",
+        "--model.init_args.backbone.init_args.k", "8",
+    ]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
+        make_cli(["--config", str(ROOT / "configs" / "demo.yaml"), *overrides, "--print_config"], run=False)
     path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(printed.getvalue())
     return str(path)
 
 
 def _run(*args: str) -> dict[str, list[Path]]:
     return visualize.main(list(args))
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """Run the command expecting failure: exit status 1 and exactly one line on stderr, which is returned."""
+    with pytest.raises(SystemExit) as e:
+        _run(*args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and len(err.splitlines()) == 1, err
+    return err
 
 
 def test_cli_on_generated_data(tiny_config, tmp_path, capsys) -> None:
@@ -56,9 +72,9 @@ def test_cli_on_generated_data(tiny_config, tmp_path, capsys) -> None:
 
 def test_colours_in_the_ply_follow_the_assignments(tiny_config, tmp_path) -> None:
     task, datamodule = visualize.load_model(None, tiny_config)
-    sample = visualize.sample_from_split(datamodule, "test", 1)
-    a = visualize.analyse(task, sample, "x", trained=False)
-    paths = visualize.render_analysis(a, tmp_path, (64, 48))
+    sample = analysis.sample_from_split(datamodule, "test", 1)
+    a = analysis.analyse(task, sample, "x", trained=False)
+    paths = analysis.render_analysis(a, tmp_path, (64, 48))
     _, cent_colors = render.stage_point_colors(a.stages)
     chained = render.chain_assignments([s.assignment for s in a.stages])
     for s in range(len(a.stages)):
@@ -82,21 +98,20 @@ def test_cli_on_a_user_file_without_normals(tiny_config, tmp_path) -> None:
     ("name", "content", "message"),
     [("bad.txt", "1,2,3\n4,5\n", "line 2"), ("empty.txt", "", "empty"), ("x.npy", None, "file not found")],
 )
-def test_bad_input_files_get_a_clear_error(tiny_config, tmp_path, name, content, message) -> None:
+def test_bad_input_files_get_a_clear_error(tiny_config, tmp_path, capsys, name, content, message) -> None:
     path = tmp_path / name
     if content is not None:
         path.write_text(content)
-    with pytest.raises(SystemExit, match=rf"error: .*{name}.*{message}"):
-        _run("--config", tiny_config, "--file", str(path), "--out", str(tmp_path / "o"))
+    err = _fails(capsys, "--config", tiny_config, "--file", str(path), "--out", str(tmp_path / "o"))
+    assert re.match(rf"error: .*{name}.*{message}", err)
     assert not (tmp_path / "o").exists()  # nothing written for a failed run
 
 
-def test_refuses_to_overwrite_a_non_empty_folder(tiny_config, tmp_path) -> None:
+def test_refuses_to_overwrite_a_non_empty_folder(tiny_config, tmp_path, capsys) -> None:
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(SystemExit, match="not empty: pass --overwrite"):
-        _run("--config", tiny_config, "--out", str(out))
+    assert "not empty: pass --overwrite" in _fails(capsys, "--config", tiny_config, "--out", str(out))
     assert (out / "notes.txt").read_text() == "keep me"
     _run("--config", tiny_config, "--out", str(out), "--overwrite", "--size", "64", "48")
     assert (out / "notes.txt").read_text() == "keep me" and (out / "stage1_points.ply").is_file()
@@ -113,3 +128,44 @@ def test_ply_files_are_written_when_the_renderer_cannot_start(tiny_config, tmp_p
     paths = _run("--config", tiny_config, "--out", str(tmp_path / "o"))
     assert paths["png"] == [] and paths["grid"] == [] and len(paths["ply"]) == 6
     assert "no PNGs: Open3D's offscreen renderer cannot start (exit code 1: no EGL)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_decides_the_data_settings(trained, tiny_config, tmp_path, capsys) -> None:
+    """The checkpoint was trained on 128 points: pictures use 128, whatever the default config says (256 here)."""
+    ckpt, _ = trained
+    cloud = tmp_path / "blob.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32))
+    paths = _run("--ckpt", str(ckpt), "--file", str(cloud), "--out", str(tmp_path / "o"), "--size", "64", "48")
+    assert len(o3d.io.read_point_cloud(str(paths["ply"][0])).points) == 128
+    err = _fails(capsys, "--ckpt", str(ckpt), "--config", tiny_config, "--file", str(cloud), "--out", str(tmp_path / "p"))
+    assert err.startswith(f"error: {ckpt}: trained on other data settings than the config's: num_points: checkpoint 128, config 256")
+
+
+# ---------------------------------------------------------------------------------------------- paper scale
+def test_paper_scale_picture_is_readable_on_a_real_sample(real_samples, tmp_path) -> None:
+    """1024 points → 512 → 256 → 128 centroids on a real ModelNet40 shape: at most 10 colour groups in every
+    panel, sibling shades inside a group, and sphere sizes that follow the mass each centroid summarises."""
+    from app.cli import build_from_config
+    from datamodules.files import load_file_sample
+
+    task, _ = build_from_config(str(ROOT / "configs" / "demo.yaml"), [
+        "--data.init_args.num_points", "1024", "--model.init_args.backbone.init_args.num_centroids", "[512, 256, 128]"])  # fmt: skip
+    sample = load_file_sample(real_samples / "modelnet40_normal_resampled/bed/bed_0026.txt", 1024, True)
+    a = analysis.analyse(task.eval(), sample, "bed_0026", trained=False)
+    assert [len(s.centroids) for s in a.stages] == [512, 256, 128]
+    groups = render.coarse_groups(a.stages[-1].centroids)
+    assert groups.max() + 1 <= 10 and len(np.unique(groups)) == groups.max() + 1
+    point_colors, _ = render.stage_point_colors(a.stages)
+    group_of_point = groups[render.chain_assignments([s.assignment for s in a.stages])[-1]]  # (N,)
+    for colors in point_colors:  # every panel: one hue per group (shades blend towards black/white, hue kept)
+        hue = np.round([colorsys.rgb_to_hsv(*c)[0] for c in colors], 2)
+        assert len(np.unique(hue)) <= 10
+        for g in np.unique(group_of_point):
+            assert len(np.unique(hue[group_of_point == g])) == 1
+    masses = render.centroid_masses([s.assignment for s in a.stages], [512, 256, 128])
+    assert [int(m.sum()) for m in masses] == [1024] * 3
+    radii = render.mass_radii(masses[-1])
+    assert radii[masses[-1].argmax()] == radii.max() and radii[masses[-1].argmin()] == radii.min()
+    paths = analysis.render_analysis(a, tmp_path, (160, 120))
+    assert len(paths["ply"]) == 6

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.generated import GeneratorConfig, generate
+from datamodules.synthetic import GeneratorConfig, generate
 
 TINY = GeneratorConfig(train_per_class=4, val_per_class=2, test_per_class=2, points=300)
 

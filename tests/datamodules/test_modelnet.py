@@ -12,7 +12,7 @@ import torch
 
 from datamodules import Augment, DataFormatError, ModelNetDataModule
 from datamodules.batch import check_batch
-from datamodules.generated import CLASS_NAMES
+from datamodules.synthetic import CLASS_NAMES
 from datamodules.modelnet_formats import OffSource, PlyH5Source, ResampledSource
 from datamodules.tables import MODELNET40_CLASSES
 from tests.datamodules.conftest import TINY

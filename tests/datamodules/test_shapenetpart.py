@@ -12,7 +12,7 @@ import pytest
 
 from datamodules import DataFormatError, ShapeNetPartDataModule
 from datamodules.batch import check_batch
-from datamodules.generated import PART_TABLE
+from datamodules.synthetic import PART_TABLE
 from datamodules.shapenet_formats import TxtSegSource
 from datamodules.tables import SHAPENETPART_TABLE
 from tests.datamodules.conftest import TINY

@@ -78,10 +78,10 @@ def test_point_order_and_batch_order_do_not_matter(mode: str) -> None:
     with torch.no_grad():
         out = net.forward_features(pos, x)
         out_p = net.forward_features(pos[:, perm], x[:, perm])
-        logits, logits_p = cls(out.stages[-1].feat), cls(out_p.stages[-1].feat)
+        logits, logits_p = cls(out), cls(out_p)
         parts, parts_p = seg(out, cat), seg(out_p, cat)
         flip = torch.tensor([2, 0, 1])
-        logits_b = cls(net(pos[flip], x[flip]))
+        logits_b = cls(net.forward_features(pos[flip], x[flip]))
     torch.testing.assert_close(logits_p, logits, rtol=0, atol=1e-4)
     torch.testing.assert_close(parts_p, parts[:, perm], rtol=0, atol=1e-4)
     torch.testing.assert_close(logits_b, logits[flip], rtol=0, atol=1e-4)
@@ -98,7 +98,7 @@ def test_edge_sizes(n: int, centroids: list[int], k: int) -> None:
     seg = SegmentationHead(net.channels, 2, hidden=8)
     pos, _ = _cloud(2, n, 6)
     out = net.forward_features(pos, return_attention=True)
-    assert cls(out.stages[-1].feat).shape == (2, 3)
+    assert cls(out).shape == (2, 3)
     assert seg(out).shape == (2, n, 2)
     assert out.stages[-1].feat.shape == (2, centroids[-1], 8) and torch.isfinite(out.stages[-1].feat).all()
 
@@ -156,7 +156,7 @@ def test_gradients_reach_every_parameter(task: str) -> None:
     pos, x = _cloud(2, 64, 9, 3)
     if task == "classification":
         head = ClassificationHead(net.out_channels, 4, hidden=[16], dropout=0.0)
-        loss = head(net(pos, x)).logsumexp(-1).sum()
+        loss = head(net.forward_features(pos, x)).logsumexp(-1).sum()
     else:
         head = SegmentationHead(net.channels, 3, num_categories=2, hidden=16, dropout=0.0)
         loss = head(net.forward_features(pos, x), torch.tensor([0, 1])).logsumexp(-1).sum()
@@ -233,7 +233,7 @@ def test_backbone_trains_under_bf16_autocast_on_cpu(mode: str) -> None:
     head = ClassificationHead(net.out_channels, 5)
     pos, _ = _cloud(2, 64, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = head(net(pos))
+        logits = head(net.forward_features(pos))
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
     logits.float().logsumexp(-1).sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
@@ -248,10 +248,13 @@ def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
     torch.manual_seed(0)
     net = CentroidBackbone(sampling="prefix", layer_scale=0.1, normalize_offsets=True, **SMALL)
     head = ClassificationHead(net.out_channels, 5)
-    model = torch.nn.Sequential(net, head).eval()  # no dropout: eager and compiled must agree exactly
+    net.eval(), head.eval()  # no dropout: eager and compiled must agree exactly
+
+    def logits(pos: torch.Tensor) -> torch.Tensor:
+        return head(net.forward_features(pos))
+
     pos, _ = _cloud(2, 64, 33)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    out = compiled(pos)
-    torch.testing.assert_close(out, model(pos), rtol=1e-5, atol=1e-6)
+    out = torch.compile(logits, fullgraph=True, backend="aot_eager")(pos)
+    torch.testing.assert_close(out, logits(pos), rtol=1e-5, atol=1e-6)
     out.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    assert all(p.grad is not None for p in [*net.parameters(), *head.parameters()])

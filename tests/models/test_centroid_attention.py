@@ -1,4 +1,4 @@
-"""Centroid attention against references written straight from the formula (paper.md §1–§3)."""
+"""Centroid attention against references written straight from the formula (docs/operator.md §1–§3)."""
 
 from __future__ import annotations
 

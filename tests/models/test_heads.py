@@ -9,12 +9,14 @@ from models.backbone import BackboneOutput, StageOutput
 from models.heads import ClassificationHead, SegmentationHead, interpolate
 
 
-def test_classification_head_pools_max_and_mean() -> None:
+def test_classification_head_pools_max_and_mean_of_the_last_stage() -> None:
     head = ClassificationHead(4, 3, hidden=[8, 6], dropout=0.0)
-    feat = torch.randn(2, 5, 4)
-    assert head(feat).shape == (2, 3)
+    out = _fake_output(c_last=4)
+    feat = out.stages[-1].feat
+    assert head(out).shape == (2, 3)
     pooled = torch.cat([feat.amax(1), feat.mean(1)], -1)
-    torch.testing.assert_close(head(feat), head.classifier(head.mlp(pooled)))
+    torch.testing.assert_close(head(out), head.classifier(head.mlp(pooled)))
+    torch.testing.assert_close(head(out), head.classify(feat))
     assert head.mlp[0][0].in_features == 8  # max and mean, concatenated
 
 
@@ -32,9 +34,10 @@ def test_interpolate_equals_inverse_distance_formula() -> None:
     assert interpolate(fine, coarse[:, :1], feat[:, :1], k=3).shape == (1, 7, 2)  # k capped at M
 
 
-def _fake_output(b: int = 2, n: int = 20) -> BackboneOutput:
+def _fake_output(b: int = 2, n: int = 20, c_last: int = 8) -> BackboneOutput:
+    """A backbone output over n points: stem width 5, stages of 10 (width 6) and 4 (width ``c_last``) centroids."""
     g = torch.Generator().manual_seed(1)
-    stages, sizes = [], [(10, 6), (4, 8)]
+    stages, sizes = [], [(10, 6), (4, c_last)]
     for m, c in sizes:
         stages.append(
             StageOutput(torch.rand(b, m, 3, generator=g), torch.randn(b, m, c, generator=g),

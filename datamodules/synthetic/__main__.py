@@ -1,4 +1,4 @@
-"""``python -m datamodules.generated --out DIR``: write ``DIR/generated_modelnet`` and ``DIR/generated_shapenetpart``."""
+"""``python -m datamodules.synthetic --out DIR``: write ``DIR/generated_modelnet`` and ``DIR/generated_shapenetpart``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from dataclasses import fields
 from pathlib import Path
 
-from datamodules.generated.write import GeneratorConfig, generate
+from datamodules.synthetic.write import GeneratorConfig, generate
 
 
 def main(argv: list[str] | None = None) -> None:

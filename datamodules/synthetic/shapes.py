@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from datamodules.generated.primitives import Mesh, box, ellipsoid, frustum, tube_arc
+from datamodules.synthetic.primitives import Mesh, box, ellipsoid, frustum, tube_arc
 
 PartMeshes = list[tuple[int, Mesh]]  # (local part index, mesh)
 

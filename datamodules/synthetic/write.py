@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from datamodules.errors import DataFormatError
-from datamodules.generated.shapes import SHAPE_CLASSES, ShapeClass
+from datamodules.synthetic.shapes import SHAPE_CLASSES, ShapeClass
 from datamodules.mesh import sample_surface
 from datamodules.tables import Category, PartTable
 
