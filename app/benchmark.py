@@ -285,7 +285,7 @@ def render(cfg: Config, results: dict, command: str) -> str:
     out = [
         "# Benchmarks", "",
         f"Generated on {datetime.date.today().isoformat()} by:", "",
-        *[f"- {part}: `{cmd}`" for part, cmd in _commands(results, command).items()], "",
+        *[f"- {part}: " + "; then ".join(f"`{c}`" for c in cmds) for part, cmds in _commands(results, command).items()], "",
         f"**Machine**: {machine(cfg.device)}. Threads used: {cfg.threads or torch.get_num_threads()}. Device: `{cfg.device}`"
         + (" (bf16 autocast)." if cfg.device.startswith("cuda") else "."), "",
         "All models: stem 64, stage widths 128/256/512, k = 16 neighbours, 4 heads, T = 2 shared-weight steps, the "
@@ -342,10 +342,11 @@ def render(cfg: Config, results: dict, command: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _commands(results: dict, command: str) -> dict[str, str]:
-    """The command that produced each part (older result files lack them: this run's command then)."""
+def _commands(results: dict, command: str) -> dict[str, list[str]]:
+    """The commands that produced each part, in order (older result files lack them: this run's command)."""
     known = results.get("commands", {})
-    return {part: known.get(part, command) for part in results.get("parts", PARTS)}
+    out = {part: known.get(part, command) for part in results.get("parts", PARTS)}
+    return {part: [c] if isinstance(c, str) else c for part, c in out.items()}
 
 
 def _render_train(cfg: Config, train: dict) -> list[str]:
@@ -430,14 +431,21 @@ def run(cfg: Config, output: Path, command: str, parts: tuple[str, ...] = PARTS)
     """Run ``parts``, keep the other parts' raw results from ``<output>.json``, write the report; returns it."""
     raw_path = output.with_suffix(".json")
     results = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
-    if "cost" in parts:
-        results["cost"] = run_cost(cfg)
+    if "cost" in parts:  # rows of the models measured now replace theirs; other models' rows are kept
+        new, old = run_cost(cfg), results.get("cost", {})
+        results["cost"] = {"models": {**old.get("models", {}), **new["models"]},
+                           "variants": {**old.get("variants", {}), **new["variants"]}}  # fmt: skip
     if "ops" in parts:
         results["ops"] = run_ops(cfg)
     if "train" in parts:
         results["train"] = run_train(cfg)
     results["parts"] = sorted(set(results.get("parts", [])) | set(parts), key=PARTS.index)
-    results.setdefault("commands", {}).update({part: command for part in parts})
+    commands = results.setdefault("commands", {})
+    for part in parts:  # a part redone for some models keeps the command of the rows it kept
+        runs = commands.get(part, [])
+        runs = [runs] if isinstance(runs, str) else runs
+        keep = part == "cost" and set(cfg.models) != set(MODELS)
+        commands[part] = ([c for c in runs if c != command] if keep else []) + [command]
     results.setdefault("configs", {}).update({part: asdict(cfg) for part in parts})
     raw_path.write_text(json.dumps(results, indent=1))
     text = render(cfg, results, command)

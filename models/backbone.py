@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
 from models.ops import farthest_point_sample, gather, knn, random_sample
@@ -101,6 +102,9 @@ class CentroidStage(nn.Module):
             :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the
             stage starts as its KNN initialisation, docs/operator.md §6).
         init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
+        recompute_init: when gradients are recorded, keep only the KNN initialisation's inputs and recompute its M·k pair
+            tensors in the backward pass (activation checkpointing): about a quarter less peak memory for a
+            few per cent more time (BENCHMARKS.md).
         sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
             or ``"random"`` (docs/operator.md §2 choice).
@@ -130,6 +134,7 @@ class CentroidStage(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
+        recompute_init: bool = True,
     ) -> None:
         super().__init__()
         if sampling not in ("prefix", "fps", "random"):
@@ -138,6 +143,7 @@ class CentroidStage(nn.Module):
             raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
         self.mode, self.sampling, self.normalize_offsets = mode, sampling, normalize_offsets
+        self.recompute_init = recompute_init
         self.init = KNNInit(in_dim, out_dim, init_layers)
         block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
         self.attention = CentroidAttentionBlock(
@@ -174,7 +180,10 @@ class CentroidStage(nn.Module):
             radius = rel[:, :, : self.k].norm(dim=-1).amax(-1).mean(-1)  # (B,)
             rel = rel / radius.clamp_min(torch.finfo(rel.dtype).eps).view(-1, 1, 1, 1)
         neighbors, attn_neighbors = nearest[..., : self.k], nearest[..., : self.k_attn]
-        u = self.init(x, rel[:, :, : self.k], neighbors)  # (B, M, C)
+        if self.recompute_init and torch.is_grad_enabled():  # the (B, M, k, C) pair tensors are not kept
+            u = checkpoint(self.init, x, rel[:, :, : self.k], neighbors, use_reentrant=False)
+        else:
+            u = self.init(x, rel[:, :, : self.k], neighbors)  # (B, M, C)
         if self.mode == "local":
             attn_rel = rel[:, :, : self.k_attn]
         else:  # global: every input is a neighbour, (B, M, N, 3)
@@ -202,7 +211,8 @@ class CentroidBackbone(nn.Module):
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers: shared by every stage, see
+            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, recompute_init: shared by every
+            stage, see
             :class:`CentroidStage`.
 
     Attributes:
@@ -230,6 +240,7 @@ class CentroidBackbone(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
+        recompute_init: bool = True,
     ) -> None:
         super().__init__()
         if len(num_centroids) != len(widths) or not widths:
@@ -245,7 +256,8 @@ class CentroidBackbone(nn.Module):
         shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode, sampling=sampling,
                       self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
                       pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
-                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers)  # fmt: skip
+                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers,
+                      recompute_init=recompute_init)  # fmt: skip
         self.stages = nn.ModuleList(
             CentroidStage(c_in, c_out, m, **shared) for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
         )

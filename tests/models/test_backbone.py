@@ -258,3 +258,17 @@ def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
     torch.testing.assert_close(out, logits(pos), rtol=1e-5, atol=1e-6)
     out.sum().backward()
     assert all(p.grad is not None for p in [*net.parameters(), *head.parameters()])
+
+
+def test_recomputed_init_gives_the_same_output_and_gradients() -> None:
+    pos, x = _cloud(2, 64, 34, 8)
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        stage = CentroidStage(8, 16, 16, k=6, heads=2, recompute_init=recompute)
+        out = stage(pos, x).feat
+        out.square().sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in stage.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
