@@ -102,9 +102,9 @@ class CentroidStage(nn.Module):
             :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the
             stage starts as its KNN initialisation, docs/operator.md §6).
         init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
-        recompute_init: when gradients are recorded, keep only the KNN initialisation's inputs and recompute its M·k pair
-            tensors in the backward pass (activation checkpointing): about a quarter less peak memory for a
-            few per cent more time (BENCHMARKS.md).
+        recompute_init: when gradients are recorded, keep only the KNN initialisation's inputs and recompute
+            its M·k pair tensors in the backward pass (activation checkpointing): about a fifth less peak
+            memory for about a quarter more time (BENCHMARKS.md, variants). Off by default: speed first.
         sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
             or ``"random"`` (docs/operator.md §2 choice).
@@ -134,7 +134,7 @@ class CentroidStage(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
-        recompute_init: bool = True,
+        recompute_init: bool = False,
     ) -> None:
         super().__init__()
         if sampling not in ("prefix", "fps", "random"):
@@ -240,7 +240,7 @@ class CentroidBackbone(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
-        recompute_init: bool = True,
+        recompute_init: bool = False,
     ) -> None:
         super().__init__()
         if len(num_centroids) != len(widths) or not widths:
