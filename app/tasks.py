@@ -76,7 +76,8 @@ def checkpoint_kind(ckpt_path: str | None, checkpoint: dict[str, Any] | None) ->
     if ckpt_path is None:
         return "none"
     name = Path(ckpt_path).name
-    states = [v for k, v in (checkpoint or {}).get("callbacks", {}).items() if k.startswith("ModelCheckpoint")]
+    states = [v for v in (checkpoint or {}).get("callbacks", {}).values()  # ModelCheckpoint and its subclasses
+              if isinstance(v, dict) and "best_model_path" in v]
     if any(Path(st.get("last_model_path") or "").name == name for st in states):
         return "last"
     for st in states:
@@ -150,7 +151,8 @@ class _PointTask(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The tested file's own ModelCheckpoint states, for on_test_start: the test trainer's callbacks may differ.
-        states = {k: v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("ModelCheckpoint")}
+        states = {k: v for k, v in checkpoint.get("callbacks", {}).items()  # ModelCheckpoint and its subclasses
+                  if isinstance(v, dict) and "best_model_path" in v}
         self._loaded_checkpoint = {"callbacks": states, "epoch": checkpoint.get("epoch")}
 
     def on_test_start(self) -> None:

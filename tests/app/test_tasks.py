@@ -131,6 +131,9 @@ def test_checkpoint_kind_rules() -> None:
     assert checkpoint_kind("/a/final.ckpt", states) == "last"  # a monitor-less callback keeps the latest epoch
     assert checkpoint_kind("/a/epoch=1.ckpt", states) == "other"
     assert checkpoint_kind("/a/last.ckpt", {}) == "other"  # no checkpoint state: nothing to tell
+    ours = {"callbacks": {"Checkpoints{'monitor': None}": {"monitor": None, "best_model_path": "/r/last.ckpt",
+                                                           "last_model_path": ""}}}  # fmt: skip
+    assert checkpoint_kind("/r/last.ckpt", ours) == "last"  # app.callbacks.Checkpoints, the configs' callback
 
 
 @pytest.mark.slow
@@ -173,6 +176,7 @@ def test_cli_test_votes_on_request_and_records_checkpoint(in_tmp: Path, gen_cls_
     (path,) = (in_tmp / "runs").rglob("test_metrics*.json")
     result = json.loads(path.read_text())
     assert {"test/acc", "test/macc", "test/acc_vote", "test/macc_vote"} <= set(result["metrics"])
+    assert result["checkpoint"]["kind"] == "last"  # the configs' monitor-less last.ckpt callback
     assert sum(map(sum, result["details"]["confusion_vote"])) == result["num_samples"]
     assert result["checkpoint"] == {"path": str(ckpt), "kind": "last", "epoch": 0}
 
