@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -155,15 +156,20 @@ def test_resume_after_crash_continues_identically(
 
 def test_wandb_offline_run_has_logged_keys(in_tmp: Path, gen_cls_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
+    wandb.finish()  # a run an earlier test left open would be reused by the logger instead of a new offline one
     make_cli(["fit", "--config", DEMO, *tiny_args(gen_cls_root, epochs=1, csv=False)])
     wandb.finish()  # what the process's exit does for a command-line run
     runs = list((in_tmp / "runs/wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1, "expected one offline W&B run"
     # Offline runs keep their records (protobuf) in the .wandb file until `wandb sync`; the logged keys and
     # the snapshotted config appear in it verbatim.
-    records = runs[0].read_bytes()
     keys = (b"train/loss", b"val/acc", b"val/macc", b"lr-AdamW", b"CentroidBackbone", b"num_centroids",
             b"val/centroids/shape0/stage1", b"val/centroids/shape0/grid")  # fmt: skip
+    for _ in range(40):  # W&B's service process may still be writing the file when finish() returns
+        records = runs[0].read_bytes()
+        if all(key in records for key in keys):
+            break
+        time.sleep(0.25)
     for key in keys:
         assert key in records, f"{key!r} not logged to W&B"
 
