@@ -43,6 +43,7 @@ from models.backbone import CentroidBackbone
 from models.centroid_attention import pair_flop_counter
 from models.flops import count_parameters
 from datamodules.sampling import fps_order
+from datamodules.transforms import FPSOrder
 from models.heads import ClassificationHead
 from models.ops import farthest_point_sample, knn
 
@@ -95,7 +96,7 @@ def build_classifier(
 
 def ordered(pos: Tensor) -> Tensor:
     """Each cloud of ``[B, N, 3]`` in farthest-point order, as the data side delivers it."""
-    return torch.stack([p[torch.from_numpy(fps_order(p.numpy()))] for p in pos.cpu()]).to(pos.device)
+    return torch.stack([FPSOrder()({"pos": p})["pos"] for p in pos.cpu()]).to(pos.device)
 
 
 def surface_cloud(batch: int, num_points: int, seed: int = 0) -> Tensor:

@@ -102,7 +102,7 @@ class PointCloudDataModule(LightningDataModule):
         if not files:
             raise DataFormatError(self.root, f"the {split} split has no files{self.empty_split_hint}")
         settings = {"split": split, "num_points": self.num_points, "sampling": self.sampling, "seed": self.seed,
-                    "missing_files": self.missing_files, **settings}  # fmt: skip
+                    "missing_files": self.missing_files, "order": "fps", **settings}  # fmt: skip
         return cached(
             self.cache_dir, cache_name, settings, files,
             lambda: build_fixed(source.clouds(split), self.num_points, self.sampling, self.seed),
@@ -112,9 +112,10 @@ class PointCloudDataModule(LightningDataModule):
     empty_split_hint = ""
 
     def _dataset(self, arrays: dict[str, np.ndarray], indices: np.ndarray | None, train: bool) -> PointCloudDataset:
-        """Training samples are augmented; every sample then comes in FPS order (docs/batch.md)."""
-        steps = (self.augment, FPSOrder()) if train and self.augment is not None else (FPSOrder(),)
-        return PointCloudDataset(arrays, indices, self.use_normals, Chain(steps))
+        """Training samples are augmented, then put back in FPS order; the others come from the cache in it
+        (docs/batch.md §5)."""
+        augment = Chain((self.augment, FPSOrder())) if train and self.augment is not None else None
+        return PointCloudDataset(arrays, indices, self.use_normals, augment)
 
     def _loader(self, split: str) -> DataLoader:
         if split not in self.datasets:

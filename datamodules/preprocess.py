@@ -7,7 +7,7 @@ from itertools import islice
 
 import numpy as np
 
-from datamodules.sampling import FPS_CHUNK, Sampling, select_points
+from datamodules.sampling import FPS_CHUNK, Sampling, fps_order, select_points
 from datamodules.transforms import normalize_unit_sphere
 
 
@@ -20,7 +20,8 @@ def _chunks(it: Iterable, size: int) -> Iterator[list]:
 def build_fixed(
     clouds: Iterable[tuple[np.ndarray, int]], num_points: int, sampling: Sampling, seed: int
 ) -> dict[str, np.ndarray]:
-    """Resample every ``(points [N_i, C], label)`` to ``num_points`` rows and normalise ``points[..., :3]``.
+    """Resample every ``(points [N_i, C], label)`` to ``num_points`` rows, normalise ``points[..., :3]`` and store
+    the rows in farthest-point order (docs/batch.md §5).
 
     Returns:
         ``points [S, num_points, C]`` float32 and ``label [S]`` int64.
@@ -32,7 +33,7 @@ def build_fixed(
         for (c, label), row in zip(chunk, idx, strict=True):
             p = c[row].astype(np.float32)
             p[:, :3] = normalize_unit_sphere(p[:, :3])
-            points.append(p)
+            points.append(p[fps_order(p)])  # stored in FPS order: unaugmented samples need no reordering
             labels.append(label)
     if not points:
         raise ValueError("no samples to preprocess")

@@ -261,10 +261,10 @@ class CentroidAttention(nn.Module):
         return out, weights
 
     def _fast_rows(self, q: Tensor, key: Tensor, value: Tensor, rel: Tensor | None, p: float) -> tuple[Tensor, Tensor]:
-        """Attention of R query rows on their J keys: ``q [R, Q, h, d]``, key/value ``[R, J, C]``, rel ``[R, Q, J, e]``.
+        """Shared keys (global mode): Q queries of each of R = B clouds on its J = N keys, with batched matmuls.
 
-        R = B and Q = M chunk for shared keys; R = B·M chunk and Q = 1 for per-centroid keys. Returns
-        ``[R, Q, h, d]`` and the weights ``[R, h, Q, J]``.
+        ``q [R, Q, h, d]``, key/value ``[R, J, C]``, rel ``[R, Q, J, e]`` → ``[R, Q, h, d]`` and the weights
+        ``[R, h, Q, J]``.
         """
         R, Q, h, d = q.shape
         J = key.shape[1]
