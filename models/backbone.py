@@ -20,10 +20,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
 from models.ops import farthest_point_sample, gather, knn, random_sample
+from models.pairs import chunk_rows, knn_max_pool
 
 Sampling = Literal["prefix", "fps", "random"]
 
@@ -64,8 +64,10 @@ class KNNInit(nn.Module):
 
     a PointNet on each neighbourhood (max_j ReLU(·) = ReLU(max_j ·), ReLU being monotone, so the last ReLU runs
     on M rows instead of M·k pairs). The projection W_o comes after the max-pool (M·C² instead of M·k·C²
-    operations), and ``W_x x`` is computed once on the N inputs before being gathered M·k times. ``layers=2``
-    adds one per-pair layer (M·k·C² operations, PointNet++'s set abstraction has the same).
+    operations), and ``W_x x`` is computed once on the N inputs. With one layer the per-pair part runs as
+    the chunked :func:`models.pairs.knn_max_pool`, which keeps no ``(B, M, k, C)`` tensor for backward
+    (docs/operator.md §7). ``layers=2`` adds one per-pair layer (M·k·C² operations, PointNet++'s set
+    abstraction has the same), written with autograd.
 
     Shapes: x ``[B, N, C_in]``, rel ``[B, M, k, 3]`` (the offsets p_j − p_i), neighbors ``[B, M, k]`` →
     ``[B, M, C]``.
@@ -84,10 +86,16 @@ class KNNInit(nn.Module):
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor, rel: Tensor, neighbors: Tensor) -> Tensor:
-        h = self.norm(gather(self.embed_x(x), neighbors) + self.embed_pos(rel))  # (B, M, k, C)
         if self.hidden is not None:
-            h = self.hidden(h)
-        return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
+            h = self.hidden(self.norm(gather(self.embed_x(x), neighbors) + self.embed_pos(rel)))  # (B, M, k, C)
+            return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
+        source = self.embed_x(x)  # (B, N, C)
+        (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
+        index = (neighbors + torch.arange(B, device=neighbors.device).view(B, 1, 1) * N).reshape(B * M, k)
+        chunk = chunk_rows(B * M, k * C, source.device, None)
+        pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
+                              index, chunk)  # max_k LN(z_ij) without keeping the (B, M, k, C) pairs  # fmt: skip
+        return self.proj(torch.relu(pooled.view(B, M, C)))
 
 
 class CentroidStage(nn.Module):
@@ -102,9 +110,6 @@ class CentroidStage(nn.Module):
             :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the
             stage starts as its KNN initialisation, docs/operator.md §6).
         init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
-        recompute_init: when gradients are recorded, keep only the KNN initialisation's inputs and recompute
-            its M·k pair tensors in the backward pass (activation checkpointing): about a fifth less peak
-            memory for about a quarter more time (BENCHMARKS.md, variants). Off by default: speed first.
         sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
             or ``"random"`` (docs/operator.md §2 choice).
@@ -134,7 +139,6 @@ class CentroidStage(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
-        recompute_init: bool = False,
     ) -> None:
         super().__init__()
         if sampling not in ("prefix", "fps", "random"):
@@ -143,7 +147,6 @@ class CentroidStage(nn.Module):
             raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
         self.mode, self.sampling, self.normalize_offsets = mode, sampling, normalize_offsets
-        self.recompute_init = recompute_init
         self.init = KNNInit(in_dim, out_dim, init_layers)
         block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
         self.attention = CentroidAttentionBlock(
@@ -180,10 +183,7 @@ class CentroidStage(nn.Module):
             radius = rel[:, :, : self.k].norm(dim=-1).amax(-1).mean(-1)  # (B,)
             rel = rel / radius.clamp_min(torch.finfo(rel.dtype).eps).view(-1, 1, 1, 1)
         neighbors, attn_neighbors = nearest[..., : self.k], nearest[..., : self.k_attn]
-        if self.recompute_init and torch.is_grad_enabled():  # the (B, M, k, C) pair tensors are not kept
-            u = checkpoint(self.init, x, rel[:, :, : self.k], neighbors, use_reentrant=False)
-        else:
-            u = self.init(x, rel[:, :, : self.k], neighbors)  # (B, M, C)
+        u = self.init(x, rel[:, :, : self.k], neighbors)  # (B, M, C)
         if self.mode == "local":
             attn_rel = rel[:, :, : self.k_attn]
         else:  # global: every input is a neighbour, (B, M, N, 3)
@@ -211,8 +211,7 @@ class CentroidBackbone(nn.Module):
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, recompute_init: shared by every
-            stage, see
+            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers: shared by every stage, see
             :class:`CentroidStage`.
 
     Attributes:
@@ -240,7 +239,6 @@ class CentroidBackbone(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
-        recompute_init: bool = False,
     ) -> None:
         super().__init__()
         if len(num_centroids) != len(widths) or not widths:
@@ -256,8 +254,7 @@ class CentroidBackbone(nn.Module):
         shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode, sampling=sampling,
                       self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
                       pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
-                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers,
-                      recompute_init=recompute_init)  # fmt: skip
+                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers)  # fmt: skip
         self.stages = nn.ModuleList(
             CentroidStage(c_in, c_out, m, **shared) for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
         )

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.pairs import chunk_rows, local_attention
 from models.ops import gather
 
 Mode = Literal["local", "global"]
@@ -63,9 +64,9 @@ def pair_flop_counter() -> Iterator[list[int]]:
 class KeyValues:
     """What the T steps share: the projected inputs and the hidden position code, computed once.
 
-    ``key``/``value``: ``[B, N, C]`` shared by every centroid (``index`` is ``None``: global mode) or
-    ``[B, M, K, C]`` gathered per centroid (local mode; ``index [B, M, K]`` long gives the input index of
-    each). ``rel``: the hidden layer ``r_ij = ReLU(W_1 (p_j − p_i) + b_1)`` of the relative-position code,
+    ``key``/``value``: the projected inputs ``[B, N, C]``, shared by every centroid (global mode, ``index``
+    ``None``) or indexed per centroid (local mode: ``index [B, M, K]`` long gives each centroid's K inputs;
+    the fast path reads them through the index and never keeps a gathered copy). ``rel``: the hidden layer ``r_ij = ReLU(W_1 (p_j − p_i) + b_1)`` of the relative-position code,
     ``[B, M, K|N, e]``, or ``None`` without position code. The code's last layer ``δ_ij = W_2 r_ij + b_2`` is
     never built per pair on the fast path (see :meth:`CentroidAttention.attend`).
     """
@@ -156,10 +157,8 @@ class CentroidAttention(nn.Module):
             raise ValueError("pos_encoding needs pos_u [B, M, 3] and pos_x [B, N, 3]")
         if self.mode == "local" and neighbors is None:
             raise ValueError("local mode needs neighbors [B, M, K] (indices of each centroid's inputs)")
-        k, v = self.to_k(x), self.to_v(x)  # (B, N, C): project the N inputs before gathering M·K copies
+        k, v = self.to_k(x), self.to_v(x)  # (B, N, C): the N inputs are projected once, read through the index
         index = neighbors if self.mode == "local" else None
-        if index is not None:
-            k, v = gather(k, index), gather(v, index)  # (B, M, K, C)
         rel = None
         if self.pos_mlp is not None:
             if rel_pos is None:
@@ -221,11 +220,15 @@ class CentroidAttention(nn.Module):
                 return self._fast_rows(q, kv.key, kv.value, kv.rel, p)
             parts = [self._fast_rows(q[:, s : s + chunk], kv.key, kv.value, None if kv.rel is None else
                                      kv.rel[:, s : s + chunk], p) for s in range(0, M, chunk)]  # fmt: skip
-        else:  # per-centroid keys: flatten B·M into rows and chunk them
-            K = kv.key.shape[2]
+        else:  # per-centroid keys: flatten B·M into rows
+            K = kv.index.shape[2]
             rows, chunk = B * M, B * M if self.max_rows is None else self.max_rows
-            qf, kf, vf = q.reshape(rows, h, d), kv.key.reshape(rows, K, h, d), kv.value.reshape(rows, K, h, d)
+            qf = q.reshape(rows, h, d)
             rf = None if kv.rel is None else kv.rel.reshape(rows, K, -1)
+            if p == 0:
+                out, weights = self._fused_pairs(qf, kv, rf)
+                return out.view(B, M, h, d), weights.view(B, M, K, h).permute(0, 3, 1, 2)
+            kf, vf = gather(kv.key, kv.index).view(rows, K, h, d), gather(kv.value, kv.index).view(rows, K, h, d)
             if rows <= chunk:  # one launch: no slicing (a slice's backward would copy the whole gradient)
                 parts = [self._fast_pairs(qf, kf, vf, rf, p)]
             else:
@@ -236,8 +239,28 @@ class CentroidAttention(nn.Module):
         out = torch.cat([o for o, _ in parts], dim=1).view(B, M, h, d)
         return out, torch.cat([w for _, w in parts], dim=2)
 
+    def _fused_pairs(self, q: Tensor, kv: KeyValues, rel: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Per-centroid keys without dropout: the chunked function of ``models.pairs``, which keeps no
+        gathered copy. q ``[R, h, d]`` with R = B·M, rel ``[R, K, e]`` → ``[R, h, d]`` and the weights ``[R, K, h]``.
+        """
+        (B, N, C), (R, h, d), K = kv.key.shape, q.shape, kv.index.shape[2]
+        if _PAIR_FLOP_COUNTERS:  # q·k and Σ a v: R·K·C multiply-accumulates each
+            _PAIR_FLOP_COUNTERS[-1][0] += 2 * 2 * R * K * C
+        offset = torch.arange(B, device=kv.index.device).view(B, 1, 1) * N
+        index = (kv.index + offset).reshape(R, K)  # into the flattened B·N inputs
+        chunk = chunk_rows(R, K * C, q.device, self.max_rows)
+        w2 = q_rel = None
+        if rel is not None:
+            w2 = self.pos_mlp[2].weight.view(h, d, -1)  # W_2^h, (h, d, e)
+            q_rel = torch.einsum("rhd,hde->reh", q, w2)  # W_2^hᵀ q_i^h, (R, e, h)
+        key, value = kv.key.reshape(B * N, h, d), kv.value.reshape(B * N, h, d)
+        out, mixed, weights = local_attention(q, key, value, index, d**-0.5, chunk, q_rel, rel)
+        if rel is not None:  # + W_2^h Σ_j a_ij r_ij + b_2^h (the weights sum to 1)
+            out = out + torch.einsum("rhe,hde->rhd", mixed, w2) + self.pos_mlp[2].bias.view(h, d)
+        return out, weights
+
     def _fast_pairs(self, q: Tensor, key: Tensor, value: Tensor, rel: Tensor | None, p: float) -> tuple[Tensor, Tensor]:
-        """Per-centroid keys: R rows of one query on K keys each. q ``[R, h, d]``, key/value ``[R, K, h, d]``,
+        """Per-centroid keys with attention dropout: R rows of one query on K gathered keys each. q ``[R, h, d]``, key/value ``[R, K, h, d]``,
         rel ``[R, K, e]`` → ``[R, h, d]`` and the weights ``[R, K, h]``.
 
         The key/value products are broadcast multiplies summed over d (resp. K), which read the gathered
@@ -290,6 +313,8 @@ class CentroidAttention(nn.Module):
         """Reference path written from the formula; returns ``[B, M, h, d]`` and the weights ``[B, h, M, K|N]``."""
         B, M, h, d = q.shape
         key, value = kv.key, kv.value
+        if kv.index is not None:  # local: each centroid's K inputs, (B, M, K, C)
+            key, value = gather(key, kv.index), gather(value, kv.index)
         if kv.rel is not None:  # δ_ij built per pair and added to keys and values, as the formula reads
             delta = self.pos_mlp[2](kv.rel)  # (B, M, K|N, C)
             if kv.index is None:

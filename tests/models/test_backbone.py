@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from datamodules.sampling import fps_order
-from models.backbone import CentroidBackbone, CentroidStage
+from models.backbone import CentroidBackbone, CentroidStage, KNNInit
 from models.heads import ClassificationHead, SegmentationHead
 from models.ops import farthest_point_sample
 
@@ -260,15 +260,25 @@ def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
     assert all(p.grad is not None for p in [*net.parameters(), *head.parameters()])
 
 
-def test_recomputed_init_gives_the_same_output_and_gradients() -> None:
-    pos, x = _cloud(2, 64, 34, 8)
-    grads = []
-    for recompute in (False, True):
-        torch.manual_seed(0)
-        stage = CentroidStage(8, 16, 16, k=6, heads=2, recompute_init=recompute)
-        out = stage(pos, x).feat
-        out.square().sum().backward()
-        grads.append((out.detach(), [p.grad.clone() for p in stage.parameters()]))
-    torch.testing.assert_close(grads[0][0], grads[1][0])
-    for a, b in zip(grads[0][1], grads[1][1]):
-        torch.testing.assert_close(a, b)
+def test_knn_init_equals_its_formula_in_float64() -> None:
+    """The chunked KNN max-pool (layers = 1) = ReLU(max_j LN(W_x x_j + W_p (p_j − p_i))) → W_o, forward and backward."""
+    torch.manual_seed(34)
+    init = KNNInit(5, 8).double()
+    with torch.no_grad():
+        for p in init.parameters():
+            p.copy_(torch.randn_like(p))
+    x = torch.randn(2, 30, 5, dtype=torch.float64, requires_grad=True)
+    rel = torch.randn(2, 7, 4, 3, dtype=torch.float64)
+    nbr = torch.randint(0, 30, (2, 7, 4))
+    fused = init(x, rel, nbr)
+    fused.square().sum().backward()
+    got = [x.grad.clone(), *(p.grad.clone() for p in init.parameters())]
+    x.grad = None
+    init.zero_grad()
+    z = torch.stack([init.embed_x(x)[b, nbr[b]] for b in range(2)]) + init.embed_pos(rel)  # (B, M, k, C)
+    plain = init.proj(torch.relu(init.norm(z).amax(dim=2)))
+    plain.square().sum().backward()
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    for a, b in zip(got, [x.grad, *(p.grad for p in init.parameters())]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
