@@ -38,11 +38,13 @@ from benchmarks.training import TrainSpec, prepare_training_data, train_and_test
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "centroid_local"
 PARTS = ("cost", "ops", "train")
-#: Centroid cost variants beside the default (name → schedule ratios, T), measured at ``Config.variant_sizes``.
-VARIANTS: dict[str, tuple[list[int], int]] = {
-    "T = 1": ([2, 4, 8], 1),
-    "N/4 first": ([4, 8, 16], 2),
-    "N/4 first, T = 1": ([4, 8, 16], 1),
+#: Centroid cost variants beside the default: name → (schedule ratios, T, backbone options, also at the large
+#: sizes ``Config.local_sizes``), measured at ``Config.variant_sizes``.
+VARIANTS: dict[str, tuple[list[int], int, dict, bool]] = {
+    "T = 1": ([2, 4, 8], 1, {}, False),
+    "N/4 first": ([4, 8, 16], 2, {}, False),
+    "N/4 first, T = 1": ([4, 8, 16], 1, {}, False),
+    "recompute (stage activations recomputed in backward)": ([2, 4, 8], 2, {"recompute": True}, True),
 }
 #: Training candidates: label → (model, backbone options, schedule ratios, T). The first centroid row is the
 #: backbone as it was before issue 12 (no LayerScale, raw offsets).
@@ -145,7 +147,7 @@ def _predicted_s(done: list[tuple[int, float]], n: int) -> float | None:
 
 
 def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: str, python: str | None = None,
-          ratios: list[int] = list(RATIOS), steps: int = 2) -> dict:  # noqa: B006 -- never mutated
+          ratios: list[int] = list(RATIOS), steps: int = 2, options: dict | None = None) -> dict:  # noqa: B006 -- never mutated
     """Cells of ``names`` over their sizes, ascending; sizes past a failure or the time limit are skipped."""
     results: dict[str, dict[int, dict]] = {}
     for name in names:
@@ -161,7 +163,7 @@ def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: st
                 results[name][n] = {"error": stop}
                 continue
             spec = CellSpec(name, n, cfg.batch, cfg.repeats, cfg.cell_budget_s, cfg.threads, cfg.device,
-                            compile=cfg.compile, ratios=ratios, steps=steps)  # fmt: skip
+                            compile=cfg.compile, ratios=ratios, steps=steps, options=options or {})  # fmt: skip
             print(f"[benchmark] {name} N={n} ratios={ratios} T={steps}", flush=True)
             res = run_child("benchmarks.harness", asdict(spec), cfg, python)
             results[name][n] = res
@@ -178,9 +180,10 @@ def run_cost(cfg: Config) -> dict:
     models = sweep(cfg.models, sizes, cfg, "train_ms")
     variants = {}
     if REFERENCE in cfg.models:
-        for label, (ratios, steps) in VARIANTS.items():
-            variants[label] = sweep([REFERENCE], {REFERENCE: cfg.variant_sizes}, cfg, "train_ms", ratios=ratios,
-                                    steps=steps)[REFERENCE]  # fmt: skip
+        for label, (ratios, steps, options, large) in VARIANTS.items():
+            sizes = list(cfg.variant_sizes) + (list(cfg.local_sizes) if large else [])
+            variants[label] = sweep([REFERENCE], {REFERENCE: sizes}, cfg, "train_ms", ratios=ratios, steps=steps,
+                                    options=options)[REFERENCE]  # fmt: skip
     return {"models": models, "variants": variants}
 
 
@@ -316,7 +319,7 @@ def render(cfg: Config, results: dict, command: str) -> str:
     for name, cells in models.items():
         out += _cost_rows(label[name], cells, ref)
     if variants:
-        out += ["", "## Centroid backbone variants (schedule and T)", "",
+        out += ["", "## Centroid backbone variants (schedule, T, recompute)", "",
                 "Same backbone; ratios against the default (N/2 first, T = 2) at the same N.", "",
                 "| variant | N | fwd+bwd ms | × | infer samples/s | × | peak MiB | × | GFLOPs | params | reps | note |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
