@@ -39,12 +39,12 @@ REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "centroid_local"
 PARTS = ("cost", "ops", "train")
 #: Centroid cost variants beside the default: name → (schedule ratios, T, backbone options, also at the large
-#: sizes ``Config.local_sizes``), measured at ``Config.variant_sizes``.
-VARIANTS: dict[str, tuple[list[int], int, dict, bool]] = {
-    "T = 1": ([2, 4, 8], 1, {}, False),
-    "N/4 first": ([4, 8, 16], 2, {}, False),
-    "N/4 first, T = 1": ([4, 8, 16], 1, {}, False),
-    "recompute (stage activations recomputed in backward)": ([2, 4, 8], 2, {"recompute": True}, True),
+#: sizes ``Config.local_sizes``, baselines measured at the same schedule and T), at ``Config.variant_sizes``.
+VARIANTS: dict[str, tuple[list[int], int, dict, bool, tuple[str, ...]]] = {
+    "T = 1": ([2, 4, 8], 1, {}, False, ("full_attention",)),
+    "N/4 first": ([4, 8, 16], 2, {}, False, ("full_attention", "pointnet2")),
+    "N/4 first, T = 1": ([4, 8, 16], 1, {}, False, ("full_attention",)),
+    "recompute (stage activations recomputed in backward)": ([2, 4, 8], 2, {"recompute": True}, True, ()),
 }
 #: Training candidates: label → (model, backbone options, schedule ratios, T). The first centroid row is the
 #: backbone as it was before issue 12 (no LayerScale, raw offsets).
@@ -180,10 +180,13 @@ def run_cost(cfg: Config) -> dict:
     models = sweep(cfg.models, sizes, cfg, "train_ms")
     variants = {}
     if REFERENCE in cfg.models:
-        for label, (ratios, steps, options, large) in VARIANTS.items():
+        for label, (ratios, steps, options, large, baselines) in VARIANTS.items():
             sizes = list(cfg.variant_sizes) + (list(cfg.local_sizes) if large else [])
             variants[label] = sweep([REFERENCE], {REFERENCE: sizes}, cfg, "train_ms", ratios=ratios, steps=steps,
                                     options=options)[REFERENCE]  # fmt: skip
+            others = [m for m in baselines if m in cfg.models]
+            done = sweep(others, {m: list(cfg.variant_sizes) for m in others}, cfg, "train_ms", ratios=ratios, steps=steps)
+            variants.update({f"{m}@{label}": cells for m, cells in done.items()})
     return {"models": models, "variants": variants}
 
 
@@ -320,11 +323,17 @@ def render(cfg: Config, results: dict, command: str) -> str:
         out += _cost_rows(label[name], cells, ref)
     if variants:
         out += ["", "## Centroid backbone variants (schedule, T, recompute)", "",
-                "Same backbone; ratios against the default (N/2 first, T = 2) at the same N.", "",
+                "Centroid rows: the same backbone, ratios against its default (N/2 first, T = 2) at the same N. "
+                "Baseline rows: that model at the variant's schedule and T, ratios against the centroid backbone "
+                "at the same variant and N (like for like).", "",
                 "| variant | N | fwd+bwd ms | × | infer samples/s | × | peak MiB | × | GFLOPs | params | reps | note |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for name, cells in variants.items():
-            out += _cost_rows(f"Centroid (local), {name}", cells, ref)
+            model, _, variant = name.rpartition("@")
+            if model:
+                out += _cost_rows(f"{label[model]}, {variant}", cells, variants.get(variant, {}))
+            else:
+                out += _cost_rows(f"Centroid (local), {name}", cells, ref)
     out += ["", "## Growth of fwd+bwd time with N (least-squares slope of log time against log N)", "",
             "| model | N range | slope |", "|---|---|---:|"]  # fmt: skip
     for name, cells in models.items():
@@ -349,7 +358,7 @@ def render(cfg: Config, results: dict, command: str) -> str:
     if not any(op.endswith("torch_cluster") for op in ops):
         out += ["", "torch_cluster columns: n/a (not installed; pass `--torch-cluster-python` to a Python that has it)."]
     out += _render_train(train_cfg, train)
-    out += ["", "## Targets", ""] + targets(models, ops, cfg)
+    out += ["", "## Targets", ""] + targets(models, variants, cfg)
     return "\n".join(out) + "\n"
 
 
@@ -386,8 +395,9 @@ def _render_train(cfg: Config, train: dict) -> list[str]:
     return out
 
 
-def targets(models: dict, ops: dict, cfg: Config) -> list[str]:
-    """The issue's targets, each met / not met / not measured, with the numbers."""
+def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
+    """The issue's targets, each met / not met / not measured, with the numbers (default backbone first, then
+    the variants that meet what the default does not)."""
     ref = models.get(REFERENCE, {})
     gpu = cfg.device.startswith("cuda")
     lines = []
@@ -402,6 +412,14 @@ def targets(models: dict, ops: dict, cfg: Config) -> list[str]:
     else:
         why = f4.get("error") or c4.get("error") or "not measured"
         lines.append(f"- N = 4096 speed/memory against full attention: **not measured** ({why}).")
+    for name, cells in variants.items():  # like for like: both models at the variant's schedule and T
+        model, _, variant = name.rpartition("@")
+        c, f = variants.get(variant, {}).get(4096, {}), cells.get(4096, {})
+        if model == "full_attention" and c.get("train_ms") and f.get("train_ms"):
+            speed, mem = f["train_ms"] / c["train_ms"], c["peak_mib"] / max(f["peak_mib"], 1e-9)
+            ok = speed >= 4 and (gpu or mem <= 0.5)
+            lines.append(f"  - both at {variant}: **{'met' if ok else 'not met'}** ({speed:.2f}× faster"
+                         + ("" if gpu else f", {mem:.2f}× its peak memory") + ").")  # fmt: skip
     c1, p1, f1 = ref.get(1024, {}), models.get("pointnet2", {}).get(1024, {}), models.get("full_attention", {}).get(1024, {})
     if gpu and c1.get("train_ms") and p1.get("train_ms") and f1.get("train_ms"):
         vs_full, vs_pn = f1["train_ms"] / c1["train_ms"], p1["train_ms"] / c1["train_ms"]
@@ -425,12 +443,16 @@ def targets(models: dict, ops: dict, cfg: Config) -> list[str]:
                      f"{local[0][0]}–{local[-1][0]}).")  # fmt: skip
     else:
         lines.append("- Local mode slope from 4k to 64k: **not measured** (needs two sizes ≥ 4096).")
-    big = ref.get(131072)
-    if big is not None and not gpu:
+    recompute = next((cells for name, cells in variants.items() if name.startswith("recompute")), {})
+    for how, cells in (("default", ref), ("`recompute: true`", recompute)):
+        big = cells.get(131072)
+        if big is None or gpu:
+            continue
         if big.get("error"):
-            lines.append(f"- 131 072 points, batch {cfg.batch}, under 12 GiB: **not met** ({big['error'][:100]}).")
+            lines.append(f"- 131 072 points, batch {cfg.batch}, under 12 GiB ({how}): **not met** ({big['error'][:100]}).")
         else:
-            lines.append(f"- 131 072 points, batch {cfg.batch}, under 12 GiB: **{'met' if big['peak_mib'] < 12 * 1024 else 'not met'}** "
+            lines.append(f"- 131 072 points, batch {cfg.batch}, under 12 GiB ({how}): "
+                         f"**{'met' if big['peak_mib'] < 12 * 1024 else 'not met'}** "
                          f"(peak {big['peak_mib'] / 1024:.1f} GiB, fwd+bwd {big['train_ms'] / 1e3:.1f} s).")  # fmt: skip
     if not gpu:
         lines.append("- GPU targets (no failure up to B·M = 2²¹, batch-128 training throughput, kernel time ≥ 80 % of "

@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
 from models.ops import farthest_point_sample, gather, knn, random_sample
@@ -110,6 +111,9 @@ class CentroidStage(nn.Module):
             :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the
             stage starts as its KNN initialisation, docs/operator.md §6).
         init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
+        recompute: when gradients are recorded, keep only the stage's inputs and recompute its activations in
+            the backward pass (activation checkpointing): for clouds too large for memory, at the price of a
+            second forward pass (BENCHMARKS.md, variants). Off by default: speed first.
         sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
             or ``"random"`` (docs/operator.md §2 choice).
@@ -139,6 +143,7 @@ class CentroidStage(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
         if sampling not in ("prefix", "fps", "random"):
@@ -146,7 +151,7 @@ class CentroidStage(nn.Module):
         if num_centroids < 1 or k < 1 or (k_attn is not None and k_attn < 1):
             raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
-        self.mode, self.sampling, self.normalize_offsets = mode, sampling, normalize_offsets
+        self.mode, self.sampling, self.normalize_offsets, self.recompute = mode, sampling, normalize_offsets, recompute
         self.init = KNNInit(in_dim, out_dim, init_layers)
         block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
         self.attention = CentroidAttentionBlock(
@@ -172,6 +177,11 @@ class CentroidStage(nn.Module):
 
     def forward(self, pos: Tensor, x: Tensor, return_attention: bool = False, stage: int = 1) -> StageOutput:
         """pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → :class:`StageOutput` with M centroids of width out_dim."""
+        if self.recompute and torch.is_grad_enabled():  # nothing inside is kept for backward but the inputs
+            return checkpoint(self._forward, pos, x, return_attention, stage, use_reentrant=False)
+        return self._forward(pos, x, return_attention, stage)
+
+    def _forward(self, pos: Tensor, x: Tensor, return_attention: bool, stage: int) -> StageOutput:
         n_in = pos.shape[1]
         _check_sizes(stage, n_in, self.num_centroids, self.k, self.k_attn)
         seed_idx = self.seeds(pos)  # (B, M)
@@ -211,7 +221,7 @@ class CentroidBackbone(nn.Module):
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers: shared by every stage, see
+            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, recompute: shared by every stage, see
             :class:`CentroidStage`.
 
     Attributes:
@@ -239,6 +249,7 @@ class CentroidBackbone(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
+        recompute: bool = False,
     ) -> None:
         super().__init__()
         if len(num_centroids) != len(widths) or not widths:
@@ -254,7 +265,7 @@ class CentroidBackbone(nn.Module):
         shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode, sampling=sampling,
                       self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
                       pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
-                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers)  # fmt: skip
+                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers, recompute=recompute)  # fmt: skip
         self.stages = nn.ModuleList(
             CentroidStage(c_in, c_out, m, **shared) for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
         )

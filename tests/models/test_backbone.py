@@ -282,3 +282,17 @@ def test_knn_init_equals_its_formula_in_float64() -> None:
     for a, b in zip(got, [x.grad, *(p.grad for p in init.parameters())]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
+
+
+def test_recomputed_stage_gives_the_same_output_and_gradients() -> None:
+    pos, x = _cloud(2, 64, 35, 8)
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        stage = CentroidStage(8, 16, 16, k=6, heads=2, dropout=0.2, recompute=recompute)  # dropout: same RNG replayed
+        out = stage(pos, x).feat
+        out.square().sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in stage.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
