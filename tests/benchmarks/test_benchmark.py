@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.benchmark import CANDIDATES, main
+from app.benchmark import CANDIDATES, VARIANTS, main
 from benchmarks.harness import MODELS, build_classifier, loglog_slope, num_centroids
 
 
@@ -43,6 +43,11 @@ def test_quick_run_writes_well_formed_markdown(tmp_path: Path) -> None:
     for label, _ in MODELS.values():
         assert any(f"| {label} |" in row for row in cost[2:]), label
     assert out.resolve() != Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
+    variants = tables[1]
+    for variant, (*_, baselines) in VARIANTS.items():  # every variant, and its baselines at the same schedule
+        assert any(f"| Centroid (local), {variant} |" in row for row in variants), variant
+        for model in baselines:
+            assert any(f"| {MODELS[model][0]}, {variant} |" in row for row in variants), (model, variant)
     train = tables[4]
     assert len(train) == 2 + 3 and all(re.search(r"\| \d+\.\d ± \d+\.\d \|", row) for row in train[2:]), train
     raw = json.loads(out.with_suffix(".json").read_text())
