@@ -18,9 +18,12 @@ shared keys and values. Per head, with the position code's hidden layer ``r_rk``
 Forward keeps the weights ``a`` ``[R, K, h]`` (1/d of a per-pair tensor).
 
 **KNN max-pool** (:func:`knn_max_pool`), the per-pair part of the KNN initialisation (docs/operator.md §2):
-``y_r = max_k LN(x_{j(r,k)} + W_p o_rk)`` per channel, with the offsets ``o_rk = p_j − p_i``. Forward keeps
-the pooled rows only; backward rebuilds the chunk's LayerNorm and routes each channel's gradient to the
-neighbours that reach the maximum (shared among ties, as autograd's ``amax`` does).
+``y_r = max_k N(x_{j(r,k)} + W_p o_rk)`` per channel, with the offsets ``o_rk = p_j − p_i`` and N a LayerNorm
+of each pair or a BatchNorm of each channel over all pairs. Forward keeps per-row results only; backward
+rebuilds the chunk's pairs and routes each channel's gradient to the neighbours that reach the maximum
+(shared among ties, as autograd's ``amax`` does). With a BatchNorm the max of the affine map per channel is
+taken at the extreme pair (max or min, by the sign of its gain), and the statistics' backward terms are sums
+over rows, so no pair is kept either.
 """
 
 from __future__ import annotations
@@ -174,21 +177,100 @@ def _pair_input(source: Tensor, offsets: Tensor, w_pos: Tensor, index: Tensor) -
     return z.addmm_(offsets.reshape(-1, 3), w_pos.t()).view(c, K, -1)
 
 
+class _KNNMaxPoolBatchNorm(torch.autograd.Function):
+    """max_k BN(z_rk) with BN an affine map per channel, y = a z + b (a = γ / σ, b = β − a μ): the max over k
+    is a·max_k z + b where a ≥ 0 and a·min_k z + b where a < 0, so the pool only needs each row's extreme
+    pair. Batch statistics (training) come from a first chunked pass; their backward terms reduce to sums
+    over rows (docs/operator.md §7)."""
+
+    @staticmethod
+    def forward(ctx, source, offsets, w_pos, weight, bias, index, running_mean, running_var, eps: float, chunk: int):  # noqa: ANN001, ANN205
+        R, K = index.shape
+        C = source.shape[1]
+        top, bottom = source.new_empty(R, C), source.new_empty(R, C)
+        batch_stats = running_mean is None
+        mean, m2, count = source.new_zeros(C), source.new_zeros(C), 0
+        for s in range(0, R, chunk):
+            rows = slice(s, s + chunk)
+            z = _pair_input(source, offsets[rows], w_pos, index[rows])  # (c, K, C)
+            torch.aminmax(z, dim=1, out=(bottom[rows], top[rows]))
+            if batch_stats:  # Chan et al.'s pairwise update of mean and sum of squared deviations
+                var_c, mean_c = torch.var_mean(z.view(-1, C), dim=0, correction=0)
+                n_c = z.shape[0] * K
+                delta = mean_c - mean
+                mean += delta * (n_c / (count + n_c))
+                m2 += var_c * n_c + delta.square() * (count * n_c / (count + n_c))
+                count += n_c
+        var = m2 / count if batch_stats else running_var.clone()
+        mean = mean if batch_stats else running_mean.clone()
+        rstd = (var + eps).rsqrt()
+        scale = weight * rstd  # a
+        extreme = torch.where(scale >= 0, top, bottom)  # the pair each row's channel takes its max from
+        pooled = extreme * scale + (bias - scale * mean)
+        ctx.save_for_backward(source, offsets, w_pos, weight, index, mean, rstd, extreme)
+        ctx.batch_stats, ctx.chunk = batch_stats, chunk
+        ctx.mark_non_differentiable(mean, var)
+        return pooled, mean, var
+
+    @staticmethod
+    def backward(ctx, g_pooled, _g_mean, _g_var):  # noqa: ANN001, ANN205
+        source, offsets, w_pos, weight, index, mean, rstd, extreme = ctx.saved_tensors
+        R, K = index.shape
+        C = source.shape[1]
+        scale = weight * rstd
+        g_bias = g_pooled.sum(0)  # Σ over pairs of ∂L/∂y: each row's gradient goes to its winners
+        g_weight = (g_pooled * (extreme - mean) * rstd).sum(0)  # Σ ∂L/∂y · ẑ
+        # BN backward: ∂L/∂z = a (∂L/∂y − mean(∂L/∂y) − ẑ mean(∂L/∂y ẑ)); without batch statistics ∂L/∂z = a ∂L/∂y
+        pairs = R * K
+        shift = g_bias / pairs if ctx.batch_stats else torch.zeros_like(g_bias)
+        slope = g_weight * rstd / pairs if ctx.batch_stats else torch.zeros_like(g_weight)
+        g_source, g_w_pos = torch.zeros_like(source), torch.zeros_like(w_pos)
+        g_offsets = torch.empty_like(offsets) if ctx.needs_input_grad[1] else None
+        for s in range(0, R, ctx.chunk):
+            rows, flat = slice(s, s + ctx.chunk), index[s : s + ctx.chunk].reshape(-1)
+            z = _pair_input(source, offsets[rows], w_pos, index[rows])  # (c, K, C)
+            winner = z == extreme[rows].unsqueeze(1)  # ties share the gradient, as amax's backward does
+            share = g_pooled[rows] / winner.sum(1)  # (c, C)
+            g_z = (torch.where(winner, share.unsqueeze(1), 0.0) - shift - (z - mean) * slope) * scale
+            g_flat = g_z.view(-1, C)
+            g_source.scatter_add_(0, flat.unsqueeze(1).expand(-1, C), g_flat)
+            g_w_pos.addmm_(g_flat.t(), offsets[rows].reshape(-1, 3))
+            if g_offsets is not None:
+                torch.matmul(g_z, w_pos, out=g_offsets[rows])
+        return g_source, g_offsets, g_w_pos, g_weight, g_bias, None, None, None, None, None
+
+
 def knn_max_pool(
-    source: Tensor, offsets: Tensor, w_pos: Tensor, norm: torch.nn.LayerNorm, index: Tensor, chunk: int
+    source: Tensor, offsets: Tensor, w_pos: Tensor, norm: torch.nn.LayerNorm | torch.nn.BatchNorm1d, index: Tensor,
+    chunk: int,
 ) -> Tensor:
-    """``max_k LN(source_{j(r,k)} + W_p o_rk)`` per channel, chunked over rows (module docstring).
+    """``max_k N(source_{j(r,k)} + W_p o_rk)`` per channel, chunked over rows (module docstring), with N a
+    LayerNorm of each pair or a BatchNorm of each channel over the R·K pairs.
 
     Shapes:
         source ``[S, C]``; offsets ``[R, K, 3]``; w_pos ``[C, 3]`` (``W_p``); index ``[R, K]`` long in
-        ``[0, S)``; norm: a LayerNorm over C with affine weights. Returns ``[R, C]``.
+        ``[0, S)``; norm: an affine LayerNorm or BatchNorm1d over C. Returns ``[R, C]``.
 
-    Under autocast every input is cast to the widest of their dtypes.
+    A BatchNorm in training mode normalises with the batch's statistics and updates its running statistics,
+    as ``nn.BatchNorm1d`` does; in eval mode it uses the running ones. Under autocast every input is cast to
+    the widest of their dtypes (float32 at least with a BatchNorm, whose statistics sum over every pair).
     """
     tensors = (source, offsets, w_pos, norm.weight, norm.bias)
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
+    dtype = torch.float32 if isinstance(norm, torch.nn.BatchNorm1d) else tensors[0].dtype
+    for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
     cast = [t.to(dtype).contiguous() for t in tensors]
     with torch.autocast(source.device.type, enabled=False):
-        return _KNNMaxPool.apply(*cast, index.contiguous(), norm.eps, chunk)
+        if isinstance(norm, torch.nn.LayerNorm):
+            return _KNNMaxPool.apply(*cast, index.contiguous(), norm.eps, chunk)
+        batch_stats = norm.training or norm.running_mean is None
+        running = (None, None) if batch_stats else (norm.running_mean.to(dtype), norm.running_var.to(dtype))
+        pooled, mean, var = _KNNMaxPoolBatchNorm.apply(*cast, index.contiguous(), *running, norm.eps, chunk)
+        if norm.training and norm.running_mean is not None:  # as nn.BatchNorm1d: unbiased variance, momentum
+            with torch.no_grad():
+                norm.num_batches_tracked += 1
+                momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+                pairs = index.numel()
+                norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), momentum)
+                norm.running_var.lerp_((var * pairs / max(pairs - 1, 1)).to(norm.running_var.dtype), momentum)
+        return pooled

@@ -100,6 +100,38 @@ def test_knn_max_pool_equals_its_formula_and_passes_gradcheck() -> None:
                                     fast_mode=True)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_knn_max_pool_with_batch_norm_equals_its_formula(training: bool) -> None:
+    """BatchNorm over the R·K pairs: forward, every gradient and the running statistics as nn.BatchNorm1d."""
+    g = torch.Generator().manual_seed(5)
+    C = 6
+    source = torch.randn(S, C, generator=g, dtype=torch.float64, requires_grad=True)
+    offsets = torch.randn(R, K, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w_pos = torch.randn(C, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    norms = [torch.nn.BatchNorm1d(C).double().train(training) for _ in range(2)]
+    for norm in norms:
+        with torch.no_grad():
+            norm.weight.copy_(torch.linspace(-1.5, 2.0, C))  # negative gains pool the minimum
+            norm.bias.copy_(torch.linspace(-0.5, 0.5, C))
+            norm.running_mean.copy_(torch.linspace(-0.2, 0.3, C))
+            norm.running_var.copy_(torch.linspace(0.5, 2.0, C))
+    index = torch.randint(0, S, (R, K), generator=g)
+    got = knn_max_pool(source, offsets, w_pos, norms[0], index, 3)
+    want = norms[1](source[index].add(offsets @ w_pos.t()).view(-1, C)).view(R, K, C).amax(dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(norms[0].buffers(), norms[1].buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(R, C, generator=g, dtype=torch.float64)
+    inputs = [source, offsets, w_pos]
+    grads = torch.autograd.grad((got * weights).sum(), inputs + list(norms[0].parameters()))
+    want_grads = torch.autograd.grad((want * weights).sum(), inputs + list(norms[1].parameters()))
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    if training:
+        assert torch.autograd.gradcheck(lambda s, o, w: knn_max_pool(s, o, w, norms[0], index, 4), inputs,
+                                        fast_mode=True)  # fmt: skip
+
+
 def test_chunk_rows_is_cache_sized_on_cpu_and_bounded_by_max_rows() -> None:
     cpu = torch.device("cpu")
     assert chunk_rows(10, 16 * 128, cpu, None) == 10  # fewer rows than a chunk
