@@ -26,6 +26,7 @@ from models.centroid_attention import CentroidAttentionBlock, hard_assignment
 from models.ops import farthest_point_sample, gather, knn, random_sample
 
 Sampling = Literal["prefix", "fps", "random"]
+InitNorm = Literal["layer", "batch"]
 
 
 @dataclass
@@ -65,29 +66,46 @@ class KNNInit(nn.Module):
     a PointNet on each neighbourhood (max_j ReLU(·) = ReLU(max_j ·), ReLU being monotone, so the last ReLU runs
     on M rows instead of M·k pairs). The projection W_o comes after the max-pool (M·C² instead of M·k·C²
     operations), and ``W_x x`` is computed once on the N inputs before being gathered M·k times. ``layers=2``
-    adds one per-pair layer (M·k·C² operations, PointNet++'s set abstraction has the same).
+    adds one per-pair layer (M·k·C² operations, PointNet++'s set abstraction has the same). LN is a LayerNorm
+    of each pair (``norm="layer"``) or a BatchNorm of each channel over the B·M·k pairs (``norm="batch"``).
 
     Shapes: x ``[B, N, C_in]``, rel ``[B, M, k, 3]`` (the offsets p_j − p_i), neighbors ``[B, M, k]`` →
     ``[B, M, C]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, layers: int = 1) -> None:
+    def __init__(self, in_dim: int, out_dim: int, layers: int = 1, norm: InitNorm = "layer") -> None:
         super().__init__()
         if layers not in (1, 2):
             raise ValueError(f"KNN initialisation layers={layers} must be 1 or 2")
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"KNN initialisation norm={norm!r} must be 'layer' or 'batch'")
         self.embed_x = nn.Linear(in_dim, out_dim)
         self.embed_pos = nn.Linear(3, out_dim, bias=False)
-        self.norm = nn.LayerNorm(out_dim)
+        self.norm = _pair_norm_layer(out_dim, norm)
         self.hidden = (
-            nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim), nn.LayerNorm(out_dim)) if layers == 2 else None
+            nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim), _pair_norm_layer(out_dim, norm)) if layers == 2 else None
         )
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor, rel: Tensor, neighbors: Tensor) -> Tensor:
-        h = self.norm(gather(self.embed_x(x), neighbors) + self.embed_pos(rel))  # (B, M, k, C)
+        h = _pair_norm(self.norm, gather(self.embed_x(x), neighbors) + self.embed_pos(rel))  # (B, M, k, C)
         if self.hidden is not None:
-            h = self.hidden(h)
+            h = _pair_norm(self.hidden[2], self.hidden[1](torch.relu(h)))
         return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
+
+
+def _pair_norm_layer(dim: int, kind: InitNorm) -> nn.Module:
+    """The per-pair normalisation of :class:`KNNInit`: LayerNorm over the C channels of each pair (``"layer"``),
+    or BatchNorm of each channel over all B·M·k pairs of the batch (``"batch"``; running statistics in eval
+    mode, as in PointNet++'s shared MLPs)."""
+    return nn.LayerNorm(dim) if kind == "layer" else nn.BatchNorm1d(dim)
+
+
+def _pair_norm(norm: nn.Module, h: Tensor) -> Tensor:
+    """``norm`` on pair features ``[..., C]`` (BatchNorm1d sees them as ``[pairs, C]``)."""
+    if isinstance(norm, nn.BatchNorm1d):
+        return norm(h.reshape(-1, h.shape[-1])).view(h.shape)
+    return norm(h)
 
 
 class CentroidStage(nn.Module):
@@ -102,6 +120,10 @@ class CentroidStage(nn.Module):
             :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the
             stage starts as its KNN initialisation, docs/operator.md §6).
         init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
+        init_norm: per-pair normalisation of the :class:`KNNInit`: ``"batch"`` (default: BatchNorm of each
+            channel over the B·M·k pairs of a batch, running statistics in eval mode) or ``"layer"`` (LayerNorm
+            of each pair, the choice before issue 12), docs/operator.md §6. With ``recompute_init`` the
+            BatchNorm's running statistics are updated twice per training step (forward and recomputation).
         recompute_init: when gradients are recorded, keep only the KNN initialisation's inputs and recompute
             its M·k pair tensors in the backward pass (activation checkpointing): about a fifth less peak
             memory for about a quarter more time (BENCHMARKS.md, variants). Off by default: speed first.
@@ -134,6 +156,7 @@ class CentroidStage(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
+        init_norm: InitNorm = "batch",
         recompute_init: bool = False,
     ) -> None:
         super().__init__()
@@ -144,7 +167,7 @@ class CentroidStage(nn.Module):
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
         self.mode, self.sampling, self.normalize_offsets = mode, sampling, normalize_offsets
         self.recompute_init = recompute_init
-        self.init = KNNInit(in_dim, out_dim, init_layers)
+        self.init = KNNInit(in_dim, out_dim, init_layers, init_norm)
         block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
         self.attention = CentroidAttentionBlock(
             out_dim, heads, steps, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
@@ -211,7 +234,7 @@ class CentroidBackbone(nn.Module):
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, recompute_init: shared by every
+            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, init_norm, recompute_init: shared by every
             stage, see
             :class:`CentroidStage`.
 
@@ -240,6 +263,7 @@ class CentroidBackbone(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
+        init_norm: InitNorm = "batch",
         recompute_init: bool = False,
     ) -> None:
         super().__init__()
@@ -257,7 +281,7 @@ class CentroidBackbone(nn.Module):
                       self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
                       pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
                       dropout=dropout, layer_scale=layer_scale, init_layers=init_layers,
-                      recompute_init=recompute_init)  # fmt: skip
+                      init_norm=init_norm, recompute_init=recompute_init)  # fmt: skip
         self.stages = nn.ModuleList(
             CentroidStage(c_in, c_out, m, **shared) for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
         )

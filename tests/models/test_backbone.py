@@ -272,3 +272,34 @@ def test_recomputed_init_gives_the_same_output_and_gradients() -> None:
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b)
+
+
+def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval() -> None:
+    pos, _ = _cloud(3, 64, 35)
+    outs = {}
+    for norm in ("layer", "batch"):
+        torch.manual_seed(0)
+        net = CentroidBackbone(**SMALL, init_norm=norm, init_layers=2)
+        outs[norm] = net(pos)
+        assert outs[norm].shape == (3, 8, 32) and torch.isfinite(outs[norm]).all()
+    assert not torch.allclose(outs["layer"], outs["batch"])
+    init = net.stages[0].init
+    assert isinstance(init.norm, torch.nn.BatchNorm1d) and isinstance(init.hidden[2], torch.nn.BatchNorm1d)
+    assert int(init.norm.num_batches_tracked) == 1  # statistics over the B·M·k pairs of the training batch
+    net.eval()
+    with torch.no_grad():  # eval: running statistics, so a cloud's output does not depend on its batch
+        torch.testing.assert_close(net(pos)[:1], net(pos[:1]), rtol=1e-5, atol=1e-6)
+    assert int(init.norm.num_batches_tracked) == 1
+
+
+def test_knn_init_defaults_to_batch_norm() -> None:
+    net = CentroidBackbone(**SMALL)
+    assert all(isinstance(stage.init.norm, torch.nn.BatchNorm1d) for stage in net.stages)
+    assert isinstance(CentroidBackbone(**SMALL, init_norm="layer").stages[0].init.norm, torch.nn.LayerNorm)
+
+
+def test_init_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="norm='group'"):
+        CentroidBackbone(**SMALL, init_norm="group")
+    with pytest.raises(ValueError, match="layers=3"):
+        CentroidBackbone(**SMALL, init_layers=3)
