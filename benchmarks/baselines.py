@@ -38,8 +38,12 @@ def seeds(pos: Tensor, m: int, sampling: str) -> Tensor:
     return pos[:, :m] if sampling == "prefix" else gather(pos, farthest_point_sample(pos, m))
 
 
-def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
+def _mlp(in_dim: int, out_dim: int, norm: str = "layer") -> nn.Sequential:
+    """Linear → norm → ReLU → Linear on ``[rows, in_dim]``; ``norm``: LayerNorm (``"layer"``) or BatchNorm over the rows."""
+    if norm not in ("layer", "batch"):
+        raise ValueError(f"norm={norm!r} must be 'layer' or 'batch'")
+    layer = nn.LayerNorm(out_dim) if norm == "layer" else nn.BatchNorm1d(out_dim)
+    return nn.Sequential(nn.Linear(in_dim, out_dim), layer, nn.ReLU(), nn.Linear(out_dim, out_dim))
 
 
 def _edge_index(neighbors: Tensor, num_src: int) -> Tensor:
@@ -81,18 +85,22 @@ class FullAttentionStage(nn.Module):
     """N points → M points: project, T steps of self-attention over all N, then FPS + KNN max-pool.
 
     Self-attention is the centroid block with M = N, u = x and T = 1 (exactly a pre-norm Transformer
-    layer, docs/operator.md §1), applied ``steps`` times with shared weights like the centroid block.
+    layer, docs/operator.md §1), applied ``steps`` times with shared weights like the centroid block, with the
+    same LayerScale gains (``layer_scale``, ``None`` for none).
 
     Shapes: pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → pos ``[B, M, 3]``, feat ``[B, M, out_dim]``.
     """
 
     def __init__(
-        self, in_dim: int, out_dim: int, num_centroids: int, k: int, steps: int, heads: int, sampling: str
-    ) -> None:
+        self, in_dim: int, out_dim: int, num_centroids: int, k: int, steps: int, heads: int, sampling: str,
+        layer_scale: float | None = 1e-3,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.num_centroids, self.k, self.steps, self.sampling = num_centroids, k, steps, sampling
         self.proj = nn.Linear(in_dim, out_dim)
-        self.attention = CentroidAttentionBlock(out_dim, heads, steps=1, mode="global", pos_encoding=False)
+        self.attention = CentroidAttentionBlock(
+            out_dim, heads, steps=1, mode="global", pos_encoding=False, layer_scale=layer_scale
+        )
         self.pool = KNNInit(out_dim, out_dim)
 
     def forward(self, pos: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -105,7 +113,13 @@ class FullAttentionStage(nn.Module):
 
 
 class FullAttentionBackbone(_Stages):
-    """Stem + stages of full self-attention (the O(N²) baseline of the centroid backbone)."""
+    """Stem + stages of full self-attention (the O(N²) baseline of the centroid backbone).
+
+    ``layer_scale``: the residual branches' LayerScale gains, started at 1e-3 like the centroid blocks'. Without
+    them (``None``) the model does not train under the benchmark recipe: at initialisation the global attention
+    is uniform, so every step adds the same cloud-wide mean to every token; the tokens collapse onto one vector
+    and the gradients reaching the stem vanish (docs/operator.md §6).
+    """
 
     def __init__(
         self,
@@ -117,10 +131,11 @@ class FullAttentionBackbone(_Stages):
         steps: int = 2,
         heads: int = 4,
         sampling: str = "fps",
+        layer_scale: float | None = 1e-3,
     ) -> None:
         super().__init__(in_channels, stem_width, num_centroids, widths, k, sampling)
         self.stages = nn.ModuleList(
-            FullAttentionStage(a, b, m, k, steps, heads, sampling)
+            FullAttentionStage(a, b, m, k, steps, heads, sampling, layer_scale)
             for a, b, m in zip(self.channels[:-1], widths, num_centroids)
         )
 
@@ -132,7 +147,11 @@ class FullAttentionBackbone(_Stages):
 
 
 class PointNet2SSG(_Stages):
-    """PointNet++ SSG: per stage FPS seeds, kNN groups, ``PointNetConv`` (shared MLP on [x_j, p_j − p_i], max)."""
+    """PointNet++ SSG: per stage FPS seeds, kNN groups, ``PointNetConv`` (shared MLP on [x_j, p_j − p_i], max).
+
+    ``norm``: the shared MLP's normalisation, LayerNorm of each pair (``"layer"``, the benchmark's default, as the
+    centroid backbone's KNN initialisation) or BatchNorm over the pairs of a batch (``"batch"``, as the paper).
+    """
 
     def __init__(
         self,
@@ -142,10 +161,11 @@ class PointNet2SSG(_Stages):
         widths: list[int] = [128, 256, 512],  # noqa: B006
         k: int = 16,
         sampling: str = "fps",
+        norm: str = "layer",
     ) -> None:
         super().__init__(in_channels, stem_width, num_centroids, widths, k, sampling)
         self.convs = nn.ModuleList(
-            PointNetConv(_mlp(a + 3, b), None, add_self_loops=False) for a, b in zip(self.channels[:-1], widths)
+            PointNetConv(_mlp(a + 3, b, norm), None, add_self_loops=False) for a, b in zip(self.channels[:-1], widths)
         )
 
     def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:

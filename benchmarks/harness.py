@@ -56,8 +56,8 @@ Factory = Callable[..., nn.Module]
 MODELS: dict[str, tuple[str, Factory]] = {
     "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], mode="local", steps=t, sampling=s, **kw)),
     "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], mode="global", steps=t, sampling=s, **kw)),
-    "full_attention": ("Full self-attention", lambda c, m, w, t, s: FullAttentionBackbone(c, w[0], m, w[1:], steps=t, sampling=s)),
-    "pointnet2": ("PointNet++ SSG", lambda c, m, w, t, s: PointNet2SSG(c, w[0], m, w[1:], sampling=s)),
+    "full_attention": ("Full self-attention", lambda c, m, w, t, s, **kw: FullAttentionBackbone(c, w[0], m, w[1:], steps=t, sampling=s, **kw)),
+    "pointnet2": ("PointNet++ SSG", lambda c, m, w, t, s, **kw: PointNet2SSG(c, w[0], m, w[1:], sampling=s, **kw)),
     "dgcnn": ("DGCNN", lambda c, m, w, t, s: DGCNN(c, w[0], m, w[1:], sampling=s)),
 }  # fmt: skip
 # Neighbour search and sampling per batch: kNN (k = 16) of M = N/2 queries among N points; FPS of N/2 in the

@@ -37,7 +37,7 @@ class TrainSpec:
     label_smoothing: float = 0.1
     dropout: float = 0.5
     train_per_class: int = 40
-    test_per_class: int = 10
+    test_per_class: int = 50  # 600 test shapes: one shape is 0.17 points (docs/operator.md §6)
     threads: int = 0
     seed: int = 0
     ratios: list[int] = field(default_factory=lambda: list(RATIOS))

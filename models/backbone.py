@@ -27,6 +27,7 @@ from models.ops import farthest_point_sample, gather, knn, random_sample
 from models.pairs import chunk_rows, knn_max_pool
 
 Sampling = Literal["prefix", "fps", "random"]
+InitNorm = Literal["layer", "batch"]
 
 
 @dataclass
@@ -65,38 +66,56 @@ class KNNInit(nn.Module):
 
     a PointNet on each neighbourhood (max_j ReLU(·) = ReLU(max_j ·), ReLU being monotone, so the last ReLU runs
     on M rows instead of M·k pairs). The projection W_o comes after the max-pool (M·C² instead of M·k·C²
-    operations), and ``W_x x`` is computed once on the N inputs. With one layer the per-pair part runs as
-    the chunked :func:`models.pairs.knn_max_pool`, which keeps no ``(B, M, k, C)`` tensor for backward
-    (docs/operator.md §7). ``layers=2`` adds one per-pair layer (M·k·C² operations, PointNet++'s set
-    abstraction has the same), written with autograd.
+    operations), and ``W_x x`` is computed once on the N inputs. N is a LayerNorm of each pair
+    (``norm="layer"``) or a BatchNorm of each channel over the B·M·k pairs (``norm="batch"``). With one layer
+    the per-pair part runs as the chunked :func:`models.pairs.knn_max_pool`, which keeps no ``(B, M, k, C)``
+    tensor for backward (docs/operator.md §7). ``layers=2`` adds one per-pair layer (M·k·C² operations,
+    PointNet++'s set abstraction has the same), written with autograd.
 
     Shapes: x ``[B, N, C_in]``, rel ``[B, M, k, 3]`` (the offsets p_j − p_i), neighbors ``[B, M, k]`` →
     ``[B, M, C]``.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, layers: int = 1) -> None:
+    def __init__(self, in_dim: int, out_dim: int, layers: int = 1, norm: InitNorm = "layer") -> None:
         super().__init__()
         if layers not in (1, 2):
             raise ValueError(f"KNN initialisation layers={layers} must be 1 or 2")
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"KNN initialisation norm={norm!r} must be 'layer' or 'batch'")
         self.embed_x = nn.Linear(in_dim, out_dim)
         self.embed_pos = nn.Linear(3, out_dim, bias=False)
-        self.norm = nn.LayerNorm(out_dim)
+        self.norm = _pair_norm_layer(out_dim, norm)
         self.hidden = (
-            nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim), nn.LayerNorm(out_dim)) if layers == 2 else None
+            nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim), _pair_norm_layer(out_dim, norm)) if layers == 2 else None
         )
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor, rel: Tensor, neighbors: Tensor) -> Tensor:
         if self.hidden is not None:
-            h = self.hidden(self.norm(gather(self.embed_x(x), neighbors) + self.embed_pos(rel)))  # (B, M, k, C)
+            h = _pair_norm(self.norm, gather(self.embed_x(x), neighbors) + self.embed_pos(rel))  # (B, M, k, C)
+            h = _pair_norm(self.hidden[2], self.hidden[1](torch.relu(h)))
             return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
         source = self.embed_x(x)  # (B, N, C)
         (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
         index = (neighbors + torch.arange(B, device=neighbors.device).view(B, 1, 1) * N).reshape(B * M, k)
         chunk = chunk_rows(B * M, k * C, source.device, None)
         pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
-                              index, chunk)  # max_k LN(z_ij) without keeping the (B, M, k, C) pairs  # fmt: skip
+                              index, chunk)  # max_k N(z_ij) without keeping the (B, M, k, C) pairs  # fmt: skip
         return self.proj(torch.relu(pooled.view(B, M, C)))
+
+
+def _pair_norm_layer(dim: int, kind: InitNorm) -> nn.Module:
+    """The per-pair normalisation of :class:`KNNInit`: LayerNorm over the C channels of each pair (``"layer"``),
+    or BatchNorm of each channel over all B·M·k pairs of the batch (``"batch"``; running statistics in eval
+    mode, as in PointNet++'s shared MLPs)."""
+    return nn.LayerNorm(dim) if kind == "layer" else nn.BatchNorm1d(dim)
+
+
+def _pair_norm(norm: nn.Module, h: Tensor) -> Tensor:
+    """``norm`` on pair features ``[..., C]`` (BatchNorm1d sees them as ``[pairs, C]``)."""
+    if isinstance(norm, nn.BatchNorm1d):
+        return norm(h.reshape(-1, h.shape[-1])).view(h.shape)
+    return norm(h)
 
 
 class CentroidStage(nn.Module):
@@ -111,9 +130,14 @@ class CentroidStage(nn.Module):
             :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the
             stage starts as its KNN initialisation, docs/operator.md §6).
         init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
+        init_norm: per-pair normalisation of the :class:`KNNInit`: ``"batch"`` (default: BatchNorm of each
+            channel over the B·M·k pairs of a batch, running statistics in eval mode) or ``"layer"`` (LayerNorm
+            of each pair, the choice before issue 12), docs/operator.md §6.
         recompute: when gradients are recorded, keep only the stage's inputs and recompute its activations in
             the backward pass (activation checkpointing): for clouds too large for memory, at the price of a
-            second forward pass (BENCHMARKS.md, variants). Off by default: speed first.
+            second forward pass (BENCHMARKS.md, variants). Off by default: speed first. With a BatchNorm KNN
+            initialisation its running statistics are then updated twice per training step (forward and
+            recomputation, with the same batch statistics).
         sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
             or ``"random"`` (docs/operator.md §2 choice).
@@ -143,6 +167,7 @@ class CentroidStage(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
+        init_norm: InitNorm = "batch",
         recompute: bool = False,
     ) -> None:
         super().__init__()
@@ -152,7 +177,7 @@ class CentroidStage(nn.Module):
             raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
         self.mode, self.sampling, self.normalize_offsets, self.recompute = mode, sampling, normalize_offsets, recompute
-        self.init = KNNInit(in_dim, out_dim, init_layers)
+        self.init = KNNInit(in_dim, out_dim, init_layers, init_norm)
         block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
         self.attention = CentroidAttentionBlock(
             out_dim, heads, steps, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
@@ -221,8 +246,8 @@ class CentroidBackbone(nn.Module):
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, recompute: shared by every stage, see
-            :class:`CentroidStage`.
+            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, init_norm, recompute: shared by every
+            stage, see :class:`CentroidStage`.
 
     Attributes:
         out_channels: ``widths[-1]``; channels: ``[stem_width, *widths]``.
@@ -249,6 +274,7 @@ class CentroidBackbone(nn.Module):
         dropout: float = 0.0,
         layer_scale: float | None = 1e-3,
         init_layers: int = 1,
+        init_norm: InitNorm = "batch",
         recompute: bool = False,
     ) -> None:
         super().__init__()
@@ -265,7 +291,8 @@ class CentroidBackbone(nn.Module):
         shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode, sampling=sampling,
                       self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
                       pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
-                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers, recompute=recompute)  # fmt: skip
+                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers, init_norm=init_norm,
+                      recompute=recompute)  # fmt: skip
         self.stages = nn.ModuleList(
             CentroidStage(c_in, c_out, m, **shared) for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
         )

@@ -1,8 +1,9 @@
 """Heads: map the backbone's output to logits (classification of the whole set, segmentation of every point).
 
 One contract: every head's ``forward`` takes the :class:`~models.backbone.BackboneOutput` (segmentation also
-the object category), so callers never branch on the head's type. Normalisation is LayerNorm throughout (no BatchNorm): outputs do not depend on the other clouds of the
-batch, in training as in evaluation, and a batch of one trains.
+the object category), so callers never branch on the head's type. The heads normalise with LayerNorm only (no
+BatchNorm): their outputs do not depend on the other clouds of the batch, in training as in evaluation. (The
+backbone's KNN initialisation uses BatchNorm over the pairs of a batch by default, docs/operator.md §6.)
 """
 
 from __future__ import annotations

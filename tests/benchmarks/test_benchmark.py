@@ -80,3 +80,62 @@ def test_loglog_slope_and_schedule() -> None:
     assert loglog_slope([1000], [1.0]) is None
     assert num_centroids(1024) == [512, 256, 128]
     assert num_centroids(1024, [4, 8, 16]) == [256, 128, 64]
+
+
+def test_full_attention_has_the_centroid_blocks_layer_scale() -> None:
+    scaled = build_classifier("full_attention", 64, num_classes=5)
+    plain = build_classifier("full_attention", 64, num_classes=5, options={"layer_scale": None})
+    for block in (stage.attention for stage in scaled.backbone.stages):
+        assert torch.all(block.gamma_attn == 1e-3) and torch.all(block.gamma_ffn == 1e-3)
+    assert all(stage.attention.gamma_attn is None for stage in plain.backbone.stages)
+
+
+def test_a_train_run_for_some_candidates_keeps_the_rows_measured_the_same_way(tmp_path: Path, monkeypatch) -> None:
+    import app.benchmark as bench
+
+    def fake(cfg: bench.Config) -> dict:
+        return {label: [{"test_acc": 0.5 + 0.1 * i, "train_s": 1.0, "curve": [1.0]}] for i, label in enumerate(cfg.candidates)}
+
+    monkeypatch.setattr(bench, "run_train", fake)
+    out, (a, b, c) = tmp_path / "BENCHMARKS.md", list(CANDIDATES)[:3]
+    base = ["--output", str(out), "--parts", "train", "--seeds", "1", "--data-root", str(tmp_path)]
+    main([*base, "--candidates", a, b])
+    main([*base, "--candidates", c])  # same setup: a and b kept, c added
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert list(raw["train"]) == [a, b, c] and len(raw["commands"]["train"]) == 2
+    main([*base, "--candidates", a, "--train-epochs", "3"])  # another setup: the old rows go
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert list(raw["train"]) == [a] and len(raw["commands"]["train"]) == 1
+    assert "40 training and 50 test shapes per class" in out.read_text()
+
+
+def test_pointnet2_norm_option() -> None:
+    model = build_classifier("pointnet2", 64, num_classes=5, options={"norm": "batch"})
+    assert isinstance(model.backbone.convs[0].local_nn[1], torch.nn.BatchNorm1d)
+    assert model(torch.rand(2, 64, 3)).shape == (2, 5)
+    with pytest.raises(ValueError, match="norm='group'"):
+        build_classifier("pointnet2", 64, num_classes=5, options={"norm": "group"})
+
+
+def test_full_attention_probe_runs_and_sees_near_uniform_attention_at_init() -> None:
+    from benchmarks.harness import ordered, surface_cloud
+    from benchmarks.probe_full_attention import probe
+
+    torch.manual_seed(0)
+    model = build_classifier("full_attention", 64, num_classes=5, options={"layer_scale": None})
+    out = probe(model, ordered(surface_cloud(2, 64)))
+    assert len(out["entropy"]) == len(out["before"]) == len(out["after"]) == 3
+    assert all(0.9 < e <= 1.0 + 1e-4 for e in out["entropy"]) and 0 <= out["head_input"] <= 1
+    assert model.training
+
+
+def test_training_targets_compare_the_default_centroid_row_with_pointnet2() -> None:
+    from app.benchmark import DEFAULT_CENTROID, train_targets
+
+    def runs(*accs: float) -> list[dict]:
+        return [{"test_acc": a} for a in accs]
+
+    lines = train_targets({"PointNet++ SSG": runs(0.95, 0.97), DEFAULT_CENTROID: runs(0.99, 0.98),
+                           "Full self-attention": runs(0.08, 0.09)})  # fmt: skip
+    assert len(lines) == 2 and "**met** (98.5 ± 0.7 vs 96.0 ± 1.4 %)" in lines[0] and "**not met**" in lines[1]
+    assert train_targets({}) == []

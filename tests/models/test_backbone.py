@@ -260,10 +260,11 @@ def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
     assert all(p.grad is not None for p in [*net.parameters(), *head.parameters()])
 
 
-def test_knn_init_equals_its_formula_in_float64() -> None:
-    """The chunked KNN max-pool (layers = 1) = ReLU(max_j LN(W_x x_j + W_p (p_j − p_i))) → W_o, forward and backward."""
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_knn_init_equals_its_formula_in_float64(norm: str) -> None:
+    """The chunked KNN max-pool (layers = 1) = ReLU(max_j N(W_x x_j + W_p (p_j − p_i))) → W_o, forward and backward."""
     torch.manual_seed(34)
-    init = KNNInit(5, 8).double()
+    init = KNNInit(5, 8, norm=norm).double()
     with torch.no_grad():
         for p in init.parameters():
             p.copy_(torch.randn_like(p))
@@ -276,7 +277,8 @@ def test_knn_init_equals_its_formula_in_float64() -> None:
     x.grad = None
     init.zero_grad()
     z = torch.stack([init.embed_x(x)[b, nbr[b]] for b in range(2)]) + init.embed_pos(rel)  # (B, M, k, C)
-    plain = init.proj(torch.relu(init.norm(z).amax(dim=2)))
+    normed = init.norm(z) if norm == "layer" else init.norm(z.reshape(-1, 8)).view(z.shape)
+    plain = init.proj(torch.relu(normed.amax(dim=2)))
     plain.square().sum().backward()
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(got, [x.grad, *(p.grad for p in init.parameters())]):
@@ -296,3 +298,34 @@ def test_recomputed_stage_gives_the_same_output_and_gradients() -> None:
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b)
+
+
+def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval() -> None:
+    pos, _ = _cloud(3, 64, 35)
+    outs = {}
+    for norm in ("layer", "batch"):
+        torch.manual_seed(0)
+        net = CentroidBackbone(**SMALL, init_norm=norm, init_layers=2)
+        outs[norm] = net(pos)
+        assert outs[norm].shape == (3, 8, 32) and torch.isfinite(outs[norm]).all()
+    assert not torch.allclose(outs["layer"], outs["batch"])
+    init = net.stages[0].init
+    assert isinstance(init.norm, torch.nn.BatchNorm1d) and isinstance(init.hidden[2], torch.nn.BatchNorm1d)
+    assert int(init.norm.num_batches_tracked) == 1  # statistics over the B·M·k pairs of the training batch
+    net.eval()
+    with torch.no_grad():  # eval: running statistics, so a cloud's output does not depend on its batch
+        torch.testing.assert_close(net(pos)[:1], net(pos[:1]), rtol=1e-5, atol=1e-6)
+    assert int(init.norm.num_batches_tracked) == 1
+
+
+def test_knn_init_defaults_to_batch_norm() -> None:
+    net = CentroidBackbone(**SMALL)
+    assert all(isinstance(stage.init.norm, torch.nn.BatchNorm1d) for stage in net.stages)
+    assert isinstance(CentroidBackbone(**SMALL, init_norm="layer").stages[0].init.norm, torch.nn.LayerNorm)
+
+
+def test_init_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="norm='group'"):
+        CentroidBackbone(**SMALL, init_norm="group")
+    with pytest.raises(ValueError, match="layers=3"):
+        CentroidBackbone(**SMALL, init_layers=3)
