@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
 from models.ops import farthest_point_sample, gather, knn, random_sample
 from models.pairs import chunk_rows, knn_max_pool
+from models.spatial import locality_order
 
 Sampling = Literal["prefix", "fps", "random"]
 InitNorm = Literal["layer", "batch"]
@@ -55,6 +56,11 @@ def _check_sizes(stage: int, n_in: int, m: int, k: int, k_attn: int) -> None:
     for name, value in (("k", k), ("k_attn", k_attn)):
         if value > n_in:
             raise ValueError(f"stage {stage}: {name}={value} is larger than its number of inputs N={n_in}")
+
+
+def _rows(t: Tensor, order: Tensor) -> Tensor:
+    """``t`` ``[B, M, ...]`` with its rows taken in ``order`` ``[B, M]`` long (per cloud)."""
+    return t.gather(1, order.view(*order.shape, *[1] * (t.dim() - 2)).expand_as(t))
 
 
 class KNNInit(nn.Module):
@@ -217,15 +223,23 @@ class CentroidStage(nn.Module):
         if self.normalize_offsets:  # per cloud: the mean over centroids of the farthest neighbour's distance
             radius = rel[:, :, : self.k].norm(dim=-1).amax(-1).mean(-1)  # (B,)
             rel = rel / radius.clamp_min(torch.finfo(rel.dtype).eps).view(-1, 1, 1, 1)
-        neighbors, attn_neighbors = nearest[..., : self.k], nearest[..., : self.k_attn]
-        u = self.init(x, rel[:, :, : self.k], neighbors)  # (B, M, C)
+        neighbors = nearest[..., : self.k]
+        # Rows (centroids) along a Z-order curve while the per-pair work runs: consecutive rows share most of
+        # their neighbours, which are then read from the cache (docs/operator.md §7). Undone below; exact.
+        order = locality_order(seed_pos)  # (B, M)
+        nearest, rel = _rows(nearest, order), _rows(rel, order)
+        attn_neighbors = nearest[..., : self.k_attn]
+        u = self.init(x, rel[:, :, : self.k], nearest[..., : self.k])  # (B, M, C), rows in `order`
         if self.mode == "local":
             attn_rel = rel[:, :, : self.k_attn]
         else:  # global: every input is a neighbour, (B, M, N, 3)
-            attn_rel = pos.unsqueeze(1) - seed_pos.unsqueeze(2)
+            attn_rel = pos.unsqueeze(1) - _rows(seed_pos, order).unsqueeze(2)
             if self.normalize_offsets:
                 attn_rel = attn_rel / radius.clamp_min(torch.finfo(rel.dtype).eps).view(-1, 1, 1, 1)
         u, weights = self.attention(u, x, neighbors=attn_neighbors, return_attention=return_attention, rel_pos=attn_rel)
+        inverse = torch.argsort(order, dim=1)
+        u, attn_neighbors = _rows(u, inverse), _rows(attn_neighbors, inverse)
+        weights = None if weights is None else _rows(weights.transpose(1, 2), inverse).transpose(1, 2)  # (B, h, M, ·)
         for block in self.self_attention:
             u, _ = block(u, u)
         assignment = None

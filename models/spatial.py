@@ -259,3 +259,20 @@ def bucket_fps(pos: Tensor, m: int, leaf_size: int = 1024) -> Tensor:
     glob = torch.gather(leaf, 2, local)  # (B, L, steps) cloud indices
     take = torch.arange(steps, device=pos.device)[:, None] < quota[None, :]  # (steps, L)
     return glob.transpose(1, 2)[:, take]  # interleaved: step-major, then leaf
+
+
+def locality_order(pos: Tensor, bits: int = 10) -> Tensor:
+    """A permutation of each cloud's points along a Z-order (Morton) curve: points close in space come close in
+    the order. Used to process centroids in an order whose neighbourhoods overlap from one row to the next,
+    so that gathered inputs are reused from the cache (docs/operator.md §7).
+
+    Shapes:
+        pos: ``[B, M, 3]``; returns ``[B, M]`` long.
+    """
+    lo, hi = pos.amin(1, keepdim=True), pos.amax(1, keepdim=True)
+    cells = ((pos - lo) / (hi - lo).clamp_min(torch.finfo(pos.dtype).tiny) * (2**bits - 1)).round().long()
+    code = torch.zeros(pos.shape[:2], dtype=torch.long, device=pos.device)
+    for bit in range(bits):  # interleave the bits of x, y, z
+        for axis in range(3):
+            code |= ((cells[..., axis] >> bit) & 1) << (3 * bit + axis)
+    return torch.argsort(code, dim=1, stable=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -329,3 +330,36 @@ def test_init_options_are_validated() -> None:
         CentroidBackbone(**SMALL, init_norm="group")
     with pytest.raises(ValueError, match="layers=3"):
         CentroidBackbone(**SMALL, init_layers=3)
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_rows_in_locality_order_change_nothing(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage runs its per-pair work with centroids in Z-order and undoes it: same features, attention,
+    assignment and gradients as in the seeds' own order (float64)."""
+    pos, x = _cloud(2, 48, 36, 8)
+    pos, x = pos.double(), x.double().requires_grad_()
+    runs = []
+    for identity in (False, True):
+        if identity:
+            monkeypatch.setattr("models.backbone.locality_order", lambda p: torch.arange(p.shape[1]).expand(p.shape[0], -1))
+        torch.manual_seed(0)
+        stage = CentroidStage(8, 16, 12, k=5, heads=2, mode=mode).double()
+        out = stage(pos, x, return_attention=True)
+        (grad,) = torch.autograd.grad(out.feat.square().sum(), x)
+        runs.append((out.feat, out.attention, out.assignment, grad))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_locality_order_is_a_permutation_that_keeps_neighbours_close() -> None:
+    from models.spatial import locality_order
+
+    pos = torch.stack([torch.from_numpy(p) for p in np.random.default_rng(0).random((2, 500, 3))]).float()
+    order = locality_order(pos)
+    assert torch.equal(order.sort(dim=1).values, torch.arange(500).expand(2, -1))
+    walk = lambda p: (p[:, 1:] - p[:, :-1]).norm(dim=-1).mean()  # noqa: E731 -- mean step along the order
+    assert walk(_rows_of(pos, order)) < 0.3 * walk(pos)
+
+
+def _rows_of(pos: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    return torch.stack([p[o] for p, o in zip(pos, order)])
