@@ -454,7 +454,7 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
         verdict = "met" if slope <= 1.1 else "not met"
         if local[-1][0] < tried:
             verdict = f"not verified up to N = {tried}; {verdict} up to N = {local[-1][0]}"
-        lines.append(f"- Local mode slope ≤ 1.1 from 4k to 64k: **{verdict}** (slope {slope:.2f} over N = "
+        lines.append(f"- Local mode slope ≤ 1.1 from 4k to 64k: **{verdict}** (slope {slope:.3f} over N = "
                      f"{local[0][0]}–{local[-1][0]}).")  # fmt: skip
     else:
         lines.append("- Local mode slope from 4k to 64k: **not measured** (needs two sizes ≥ 4096).")
