@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmarks.baselines import seeds
-from benchmarks.harness import build_classifier
-from benchmarks.training import TrainSpec, prepare_training_data, warmup_cosine
+from benchmarks.training import TrainSpec, evaluate_accuracy, setup_run
 from models.ops import gather, knn
 
 
@@ -59,19 +58,9 @@ def _grad_norm(module: nn.Module) -> float:
 
 def run(spec: TrainSpec) -> float:
     """Train ``spec`` while printing the probes; returns the test accuracy of the last epoch."""
-    if spec.threads > 0:
-        torch.set_num_threads(spec.threads)
-    torch.manual_seed(spec.seed)
-    dm = prepare_training_data(spec)
-    dm.setup("fit")
-    dm.setup("test")
-    model = build_classifier(spec.name, spec.num_points, dm.num_classes, dropout=spec.dropout, ratios=spec.ratios,
-                             steps=spec.steps, options=spec.options, widths=spec.widths)  # fmt: skip
+    dm, model, opt, sched = setup_run(spec)
     bb = model.backbone
     groups = {"stem": bb.stem, "stage 1": bb.stages[0], "last stage": bb.stages[-1], "head": model.head}
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
-    per_epoch = len(dm.train_dataloader())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, per_epoch, per_epoch * spec.epochs))
     fixed = next(iter(dm.test_dataloader()))["pos"]
     print("init", probe(model, fixed), flush=True)
     step = 0
@@ -89,14 +78,9 @@ def run(spec: TrainSpec) -> float:
             step += 1
             losses.append(loss.item())
         print(f"epoch {epoch + 1} mean loss {sum(losses) / len(losses):.3f}", probe(model, fixed), flush=True)
-    model.eval()
-    correct = total = 0
-    with torch.inference_mode():
-        for batch in dm.test_dataloader():
-            correct += int((model(batch["pos"]).argmax(-1) == batch["label"]).sum())
-            total += len(batch["label"])
-    print(f"test acc {correct / max(total, 1):.4f}", flush=True)
-    return correct / max(total, 1)
+    acc = evaluate_accuracy(model, dm)
+    print(f"test acc {acc:.4f}", flush=True)
+    return acc
 
 
 if __name__ == "__main__":

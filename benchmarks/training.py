@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.optim.lr_scheduler import LambdaLR
 
+from benchmarks.baselines import Classifier
 from benchmarks.harness import RATIOS, build_classifier
 from datamodules.synthetic.write import GeneratorConfig
 from datamodules.modelnet import ModelNetDataModule
@@ -72,8 +74,8 @@ def prepare_training_data(spec: TrainSpec) -> ModelNetDataModule:
     return dm
 
 
-def train_and_test(spec: TrainSpec) -> TrainResult:
-    """Train ``spec.name`` for ``spec.epochs`` epochs and return its overall test accuracy."""
+def setup_run(spec: TrainSpec) -> tuple[ModelNetDataModule, Classifier, torch.optim.Optimizer, LambdaLR]:
+    """Data, model, AdamW and the warm-up + cosine schedule of one run (threads and seed set first)."""
     if spec.threads > 0:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)
@@ -84,7 +86,24 @@ def train_and_test(spec: TrainSpec) -> TrainResult:
                              steps=spec.steps, options=spec.options, widths=spec.widths)  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     per_epoch = len(dm.train_dataloader())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, per_epoch, per_epoch * spec.epochs))
+    sched = LambdaLR(opt, lambda s: warmup_cosine(s, per_epoch, per_epoch * spec.epochs))
+    return dm, model, opt, sched
+
+
+def evaluate_accuracy(model: Classifier, dm: ModelNetDataModule) -> float:
+    """Overall accuracy on the test split, in eval mode."""
+    model.eval()
+    correct = total = 0
+    with torch.inference_mode():
+        for batch in dm.test_dataloader():
+            correct += int((model(batch["pos"]).argmax(-1) == batch["label"]).sum())
+            total += len(batch["label"])
+    return correct / max(total, 1)
+
+
+def train_and_test(spec: TrainSpec) -> TrainResult:
+    """Train ``spec.name`` for ``spec.epochs`` epochs and return its overall test accuracy."""
+    dm, model, opt, sched = setup_run(spec)
     curve = []
     start = time.perf_counter()
     model.train()
@@ -99,13 +118,7 @@ def train_and_test(spec: TrainSpec) -> TrainResult:
             losses.append(loss.item())
         curve.append(sum(losses) / len(losses))
     train_s = time.perf_counter() - start
-    model.eval()
-    correct = total = 0
-    with torch.inference_mode():
-        for batch in dm.test_dataloader():
-            correct += int((model(batch["pos"]).argmax(-1) == batch["label"]).sum())
-            total += len(batch["label"])
-    return TrainResult(spec, correct / max(total, 1), train_s, curve)
+    return TrainResult(spec, evaluate_accuracy(model, dm), train_s, curve)
 
 
 def _main(arg: str) -> None:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
-from models.ops import farthest_point_sample, gather, knn, random_sample
+from models.ops import farthest_point_sample, flat_index, gather, knn, random_sample
 from models.pairs import chunk_rows, knn_max_pool
 from models.spatial import locality_order
 
@@ -103,7 +103,7 @@ class KNNInit(nn.Module):
             return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
         source = self.embed_x(x)  # (B, N, C)
         (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
-        index = (neighbors + torch.arange(B, device=neighbors.device).view(B, 1, 1) * N).reshape(B * M, k)
+        index = flat_index(neighbors, N).reshape(B * M, k)
         chunk = chunk_rows(B * M, k * C, source.device, None)
         pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
                               index, chunk)  # max_k N(z_ij) without keeping the (B, M, k, C) pairs  # fmt: skip

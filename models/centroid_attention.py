@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.pairs import chunk_rows, local_attention
-from models.ops import gather
+from models.ops import flat_index, gather
 
 Mode = Literal["local", "global"]
 #: Open counters of :func:`pair_flop_counter` (innermost last).
@@ -246,8 +246,7 @@ class CentroidAttention(nn.Module):
         (B, N, C), (R, h, d), K = kv.key.shape, q.shape, kv.index.shape[2]
         if _PAIR_FLOP_COUNTERS:  # q·k and Σ a v: R·K·C multiply-accumulates each
             _PAIR_FLOP_COUNTERS[-1][0] += 2 * 2 * R * K * C
-        offset = torch.arange(B, device=kv.index.device).view(B, 1, 1) * N
-        index = (kv.index + offset).reshape(R, K)  # into the flattened B·N inputs
+        index = flat_index(kv.index, N).reshape(R, K)  # into the flattened B·N inputs
         chunk = chunk_rows(R, K * C, q.device, self.max_rows)
         w2 = q_rel = None
         if rel is not None:

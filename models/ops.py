@@ -34,6 +34,12 @@ def _check_points(name: str, pos: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite coordinates")
 
 
+def flat_index(idx: Tensor, num_points: int) -> Tensor:
+    """Per-cloud indices ``[B, *S]`` into ``num_points`` points → indices into the flattened ``B·num_points`` rows."""
+    B = idx.shape[0]
+    return idx + torch.arange(B, device=idx.device).view(B, *[1] * (idx.dim() - 1)) * num_points
+
+
 def gather(x: Tensor, idx: Tensor) -> Tensor:
     """Gather rows of ``x`` along the point axis (``index_select`` on the flattened batch: one read per row).
 
@@ -42,8 +48,7 @@ def gather(x: Tensor, idx: Tensor) -> Tensor:
         returns ``[B, *S, C]``.
     """
     B, N, C = x.shape
-    offset = torch.arange(B, device=idx.device).view(B, *[1] * (idx.dim() - 1)) * N
-    return x.reshape(B * N, C).index_select(0, (idx + offset).reshape(-1)).view(*idx.shape, C)
+    return x.reshape(B * N, C).index_select(0, flat_index(idx, N).reshape(-1)).view(*idx.shape, C)
 
 
 def knn(
