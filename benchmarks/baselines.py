@@ -109,7 +109,7 @@ class FullAttentionStage(nn.Module):
             h, _ = self.attention(h, h)  # (B, N, C), O(N²) attention matrix per head
         seed_pos = seeds(pos, self.num_centroids, self.sampling)  # (B, M, 3)
         nbr = knn(seed_pos, pos, self.k, validate=False)
-        return seed_pos, self.pool(h, gather(pos, nbr) - seed_pos.unsqueeze(2), nbr)
+        return seed_pos, self.pool(h, pos, seed_pos, nbr)
 
 
 class FullAttentionBackbone(_Stages):

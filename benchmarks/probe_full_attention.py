@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from benchmarks.baselines import seeds
 from benchmarks.training import TrainSpec, evaluate_accuracy, setup_run
-from models.ops import gather, knn
+from models.ops import knn
 
 
 def _diversity(h: Tensor, dim: int) -> float:
@@ -45,7 +45,7 @@ def probe(model: nn.Module, pos: Tensor) -> dict:
         out["after"].append(_diversity(h, 1))
         seed_pos = seeds(pos, stage.num_centroids, stage.sampling)
         nbr = knn(seed_pos, pos, stage.k, validate=False)
-        h, pos = stage.pool(h, gather(pos, nbr) - seed_pos.unsqueeze(2), nbr), seed_pos
+        h, pos = stage.pool(h, pos, seed_pos, nbr), seed_pos
     out["head_input"] = _diversity(torch.cat([h.amax(1), h.mean(1)], -1), 0)
     out["logits_std"] = float(model.head.classify(h).std(0).mean())
     model.train(was_training)

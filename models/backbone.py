@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
 from models.ops import farthest_point_sample, flat_index, gather, knn, random_sample
-from models.pairs import chunk_rows, knn_max_pool
+from models.pairs import chunk_rows, knn_batchnorm_max_pool, knn_max_pool
 from models.spatial import locality_order
 
 Sampling = Literal["prefix", "fps", "random"]
@@ -78,8 +78,12 @@ class KNNInit(nn.Module):
     tensor for backward (docs/operator.md §7). ``layers=2`` adds one per-pair layer (M·k·C² operations,
     PointNet++'s set abstraction has the same), written with autograd.
 
-    Shapes: x ``[B, N, C_in]``, rel ``[B, M, k, 3]`` (the offsets p_j − p_i), neighbors ``[B, M, k]`` →
-    ``[B, M, C]``.
+    With a BatchNorm (the default) and one layer the pairs are never built: z_ij = b_j − c_i with
+    b_j = W_x x_j + W_p p_j and c_i = W_p p_i, and the max of a per-channel affine map is taken at one
+    neighbour (:func:`models.pairs.knn_batchnorm_max_pool`).
+
+    Shapes: x ``[B, N, C_in]``, points ``[B, N, 3]`` (p_j), centres ``[B, M, 3]`` (p_i), neighbors
+    ``[B, M, k]`` → ``[B, M, C]``.
     """
 
     def __init__(self, in_dim: int, out_dim: int, layers: int = 1, norm: InitNorm = "layer") -> None:
@@ -96,17 +100,24 @@ class KNNInit(nn.Module):
         )
         self.proj = nn.Linear(out_dim, out_dim)
 
-    def forward(self, x: Tensor, rel: Tensor, neighbors: Tensor) -> Tensor:
-        if self.hidden is not None:
-            h = _pair_norm(self.norm, gather(self.embed_x(x), neighbors) + self.embed_pos(rel))  # (B, M, k, C)
-            h = _pair_norm(self.hidden[2], self.hidden[1](torch.relu(h)))
-            return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
+    def forward(self, x: Tensor, points: Tensor, centres: Tensor, neighbors: Tensor) -> Tensor:
+        """x ``[B, N, C_in]`` at ``points`` ``[B, N, 3]``, centres ``[B, M, 3]``, neighbors ``[B, M, k]`` → ``[B, M, C]``."""
         source = self.embed_x(x)  # (B, N, C)
         (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
+        if self.hidden is not None:
+            rel = gather(points, neighbors) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
+            h = _pair_norm(self.norm, gather(source, neighbors) + self.embed_pos(rel))  # (B, M, k, C)
+            h = _pair_norm(self.hidden[2], self.hidden[1](torch.relu(h)))
+            return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
         index = flat_index(neighbors, N).reshape(B * M, k)
         chunk = chunk_rows(B * M, k * C, source.device, None)
-        pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
-                              index, chunk)  # max_k N(z_ij) without keeping the (B, M, k, C) pairs  # fmt: skip
+        if isinstance(self.norm, nn.BatchNorm1d):  # no pair is built (docs/operator.md §7)
+            pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
+                                            centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index, chunk)  # fmt: skip
+        else:  # max_k LN(z_ij) without keeping the (B, M, k, C) pairs
+            rel = gather(points, neighbors) - centres.unsqueeze(2)
+            pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
+                                  index, chunk)  # fmt: skip
         return self.proj(torch.relu(pooled.view(B, M, C)))
 
 
@@ -220,22 +231,23 @@ class CentroidStage(nn.Module):
         # centroids stay at their seeds (docs/operator.md §2 choice)
         nearest = knn(seed_pos, pos, max(self.k, self.k_attn), validate=False)  # (B, M, max(k, k_attn)), nearest first
         rel = gather(pos, nearest) - seed_pos.unsqueeze(2)  # p_j − p_i, (B, M, max(k, k_attn), 3)
+        points, centres = pos, seed_pos
         if self.normalize_offsets:  # per cloud: the mean over centroids of the farthest neighbour's distance
             radius = rel[:, :, : self.k].norm(dim=-1).amax(-1).mean(-1)  # (B,)
-            rel = rel / radius.clamp_min(torch.finfo(rel.dtype).eps).view(-1, 1, 1, 1)
+            inverse_radius = radius.clamp_min(torch.finfo(rel.dtype).eps).reciprocal().view(-1, 1, 1)
+            rel = rel * inverse_radius.unsqueeze(-1)
+            points, centres = pos * inverse_radius, seed_pos * inverse_radius
         neighbors = nearest[..., : self.k]
         # Rows (centroids) along a Z-order curve while the per-pair work runs: consecutive rows share most of
         # their neighbours, which are then read from the cache (docs/operator.md §7). Undone below; exact.
         order = locality_order(seed_pos)  # (B, M)
         nearest, rel = _rows(nearest, order), _rows(rel, order)
         attn_neighbors = nearest[..., : self.k_attn]
-        u = self.init(x, rel[:, :, : self.k], nearest[..., : self.k])  # (B, M, C), rows in `order`
+        u = self.init(x, points, _rows(centres, order), nearest[..., : self.k])  # (B, M, C), rows in `order`
         if self.mode == "local":
             attn_rel = rel[:, :, : self.k_attn]
         else:  # global: every input is a neighbour, (B, M, N, 3)
-            attn_rel = pos.unsqueeze(1) - _rows(seed_pos, order).unsqueeze(2)
-            if self.normalize_offsets:
-                attn_rel = attn_rel / radius.clamp_min(torch.finfo(rel.dtype).eps).view(-1, 1, 1, 1)
+            attn_rel = points.unsqueeze(1) - _rows(centres, order).unsqueeze(2)
         u, weights = self.attention(u, x, neighbors=attn_neighbors, return_attention=return_attention, rel_pos=attn_rel)
         inverse = torch.argsort(order, dim=1)
         u, attn_neighbors = _rows(u, inverse), _rows(attn_neighbors, inverse)

@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.pairs import chunk_rows, local_attention
+from models.csr import Pattern, csr_local_attention, sparse_kernels, use_sparse
 from models.ops import flat_index, gather
+from models.pairs import chunk_rows, local_attention
 
 Mode = Literal["local", "global"]
 #: Open counters of :func:`pair_flop_counter` (innermost last).
@@ -50,12 +51,14 @@ def pair_flop_counter() -> Iterator[list[int]]:
     """Count the FLOPs (2 × MACs) of the fast path's per-pair products inside the block: ``[total]``.
 
     They are broadcast multiplies summed over an axis, which ``torch.utils.flop_counter`` (matmuls only)
-    does not see; ``models.flops`` adds them so that every attention product is counted.
+    does not see; ``models.flops`` adds them so that every attention product is counted. The sparse kernels
+    are off inside (``models.csr.sparse_kernels``): the counter would count their products as dense.
     """
     counter = [0]
     _PAIR_FLOP_COUNTERS.append(counter)
     try:
-        yield counter
+        with sparse_kernels(False):
+            yield counter
     finally:
         _PAIR_FLOP_COUNTERS.remove(counter)
 
@@ -76,6 +79,7 @@ class KeyValues:
     rel: Tensor | None
     index: Tensor | None
     num_inputs: int
+    pattern: Pattern | None = None  # the sparse attention pattern of ``index`` (CPU path), built by the first step
 
 
 class CentroidAttention(nn.Module):
@@ -168,8 +172,11 @@ class CentroidAttention(nn.Module):
         return KeyValues(k, v, rel, index, N)
 
     # -- one attention step ---------------------------------------------------------------------------
-    def attend(self, u: Tensor, kv: KeyValues, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """``W_o Σ_j a_ij v_ij`` for every centroid; also the weights ``a`` when ``need_weights``.
+    def attend(
+        self, u: Tensor, kv: KeyValues, need_weights: bool = False, gain: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """``W_o Σ_j a_ij v_ij`` for every centroid; also the weights ``a`` when ``need_weights``. ``gain`` ``[C]``
+        (LayerScale γ) multiplies the output, folded into ``W_o`` (:func:`gained_linear`).
 
         Fast path (exact, docs/operator.md §2): with ``δ_ij = W_2 r_ij + b_2`` split per head h as
         ``W_2^h`` ``[d, e]``,
@@ -190,7 +197,7 @@ class CentroidAttention(nn.Module):
             out, weights = self._sdpa(q, kv, p), None
         else:
             out, weights = self._fast(q, kv, p)
-        return self.to_out(out.reshape(B, M, self.dim)), weights if need_weights else None
+        return gained_linear(out.reshape(B, M, self.dim), self.to_out, gain), weights if need_weights else None
 
     def forward(
         self,
@@ -227,7 +234,7 @@ class CentroidAttention(nn.Module):
             rf = None if kv.rel is None else kv.rel.reshape(rows, K, -1)
             if p == 0:
                 out, weights = self._fused_pairs(qf, kv, rf)
-                return out.view(B, M, h, d), weights.view(B, M, K, h).permute(0, 3, 1, 2)
+                return out.view(B, M, h, d), weights.reshape(B, M, K, h).permute(0, 3, 1, 2)
             kf, vf = gather(kv.key, kv.index).view(rows, K, h, d), gather(kv.value, kv.index).view(rows, K, h, d)
             if rows <= chunk:  # one launch: no slicing (a slice's backward would copy the whole gradient)
                 parts = [self._fast_pairs(qf, kf, vf, rf, p)]
@@ -240,20 +247,26 @@ class CentroidAttention(nn.Module):
         return out, torch.cat([w for _, w in parts], dim=2)
 
     def _fused_pairs(self, q: Tensor, kv: KeyValues, rel: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Per-centroid keys without dropout: the chunked function of ``models.pairs``, which keeps no
-        gathered copy. q ``[R, h, d]`` with R = B·M, rel ``[R, K, e]`` → ``[R, h, d]`` and the weights ``[R, K, h]``.
+        """Per-centroid keys without dropout: sparse products on CPU (``models.csr``), the chunked function of
+        ``models.pairs`` on accelerators and under ``torch.compile``; neither keeps a gathered copy.
+        q ``[R, h, d]`` with R = B·M, rel ``[R, K, e]`` → ``[R, h, d]`` and the weights ``[R, K, h]``.
         """
         (B, N, C), (R, h, d), K = kv.key.shape, q.shape, kv.index.shape[2]
         if _PAIR_FLOP_COUNTERS:  # q·k and Σ a v: R·K·C multiply-accumulates each
             _PAIR_FLOP_COUNTERS[-1][0] += 2 * 2 * R * K * C
-        index = flat_index(kv.index, N).reshape(R, K)  # into the flattened B·N inputs
-        chunk = chunk_rows(R, K * C, q.device, self.max_rows)
         w2 = q_rel = None
         if rel is not None:
             w2 = self.pos_mlp[2].weight.view(h, d, -1)  # W_2^h, (h, d, e)
             q_rel = torch.einsum("rhd,hde->reh", q, w2)  # W_2^hᵀ q_i^h, (R, e, h)
         key, value = kv.key.reshape(B * N, h, d), kv.value.reshape(B * N, h, d)
-        out, mixed, weights = local_attention(q, key, value, index, d**-0.5, chunk, q_rel, rel)
+        if use_sparse(q.device):
+            if kv.pattern is None:  # once per stage: the T steps share it
+                kv.pattern = Pattern(flat_index(kv.index, N).reshape(R, K), B * N, h)
+            out, mixed, weights = csr_local_attention(q, key, value, kv.pattern, d**-0.5, q_rel, rel)
+        else:
+            index = flat_index(kv.index, N).reshape(R, K)  # into the flattened B·N inputs
+            chunk = chunk_rows(R, K * C, q.device, self.max_rows)
+            out, mixed, weights = local_attention(q, key, value, index, d**-0.5, chunk, q_rel, rel)
         if rel is not None:  # + W_2^h Σ_j a_ij r_ij + b_2^h (the weights sum to 1)
             out = out + torch.einsum("rhe,hde->rhd", mixed, w2) + self.pos_mlp[2].bias.view(h, d)
         return out, weights
@@ -375,11 +388,26 @@ def hard_assignment(weights: Tensor, index: Tensor | None, num_inputs: int) -> T
     return out.masked_fill(out == M, -1)
 
 
+def gained_linear(x: Tensor, layer: nn.Linear, gain: Tensor | None) -> Tensor:
+    """``gain ⊙ layer(x)`` as one linear map with weight ``diag(gain) W`` and bias ``gain ⊙ b``: the same
+    numbers, but no ``[..., C]`` output is kept for the gain's gradient (docs/operator.md §7)."""
+    if gain is None:
+        return layer(x)
+    return F.linear(x, layer.weight * gain.unsqueeze(1), layer.bias * gain)
+
+
 class FeedForward(nn.Sequential):
-    """Position-wise feed-forward network ``Linear → GELU → Dropout → Linear → Dropout``; ``[..., C] → [..., C]``."""
+    """Position-wise feed-forward network ``Linear → GELU → Dropout → Linear → Dropout``; ``[..., C] → [..., C]``.
+
+    ``gain`` ``[C]`` (LayerScale γ) multiplies the output, folded into the last layer (:func:`gained_linear`).
+    """
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+    def forward(self, x: Tensor, gain: Tensor | None = None) -> Tensor:
+        hidden = self[2](self[1](self[0](x)))
+        return self[4](gained_linear(hidden, self[3], gain))
 
 
 class CentroidAttentionBlock(nn.Module):
@@ -452,11 +480,8 @@ class CentroidAttentionBlock(nn.Module):
         kv = self.attn.keys_values(self.norm_x(x), pos_u, pos_x, neighbors, rel_pos)  # inputs fixed across steps
         weights = None
         for t in range(self.steps):  # the same modules every step: the unrolled optimiser (docs/operator.md §1)
-            update, weights = self.attn.attend(self.norm_u(u), kv, need_weights=return_attention and t == self.steps - 1)
-            u = u + _scaled(update, self.gamma_attn)
-            u = u + _scaled(self.ffn(self.norm_ffn(u)), self.gamma_ffn)
+            last = return_attention and t == self.steps - 1
+            update, weights = self.attn.attend(self.norm_u(u), kv, need_weights=last, gain=self.gamma_attn)
+            u = u + update
+            u = u + self.ffn(self.norm_ffn(u), self.gamma_ffn)
         return u, weights
-
-
-def _scaled(update: Tensor, gamma: Tensor | None) -> Tensor:
-    return update if gamma is None else update * gamma

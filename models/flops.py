@@ -3,7 +3,8 @@
 Counted with ``torch.utils.flop_counter.FlopCounterMode``: matrix products (``Linear``, ``einsum``/``bmm``,
 ``scaled_dot_product_attention``, forced onto its math kernel so that CPU runs count it too) are counted,
 as ``2 × multiply-accumulates`` (the paper reports MACs = FLOPs / 2). Gathers, top-k, element-wise ops,
-normalisation and the kNN/FPS neighbour search are NOT counted.
+normalisation and the kNN/FPS neighbour search are NOT counted. The sparse CPU kernels (``models.csr``) are
+off while counting: the counter would count a sparse product as a dense one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.backbone import CentroidBackbone
+from models.csr import sparse_kernels
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -60,7 +62,7 @@ def count_flops(
     modes = [m.training for m in model.modules()]
     model.eval()
     try:
-        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), sparse_kernels(False):
             model(pos, x)
     finally:
         for m, mode in zip(model.modules(), modes):

@@ -263,20 +263,21 @@ def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
 
 @pytest.mark.parametrize("norm", ["layer", "batch"])
 def test_knn_init_equals_its_formula_in_float64(norm: str) -> None:
-    """The chunked KNN max-pool (layers = 1) = ReLU(max_j N(W_x x_j + W_p (p_j − p_i))) → W_o, forward and backward."""
+    """The fused KNN max-pool (layers = 1) = ReLU(max_j N(W_x x_j + W_p (p_j − p_i))) → W_o, forward and backward."""
     torch.manual_seed(34)
     init = KNNInit(5, 8, norm=norm).double()
     with torch.no_grad():
         for p in init.parameters():
             p.copy_(torch.randn_like(p))
     x = torch.randn(2, 30, 5, dtype=torch.float64, requires_grad=True)
-    rel = torch.randn(2, 7, 4, 3, dtype=torch.float64)
+    points, centres = torch.randn(2, 30, 3, dtype=torch.float64), torch.randn(2, 7, 3, dtype=torch.float64)
     nbr = torch.randint(0, 30, (2, 7, 4))
-    fused = init(x, rel, nbr)
+    fused = init(x, points, centres, nbr)
     fused.square().sum().backward()
     got = [x.grad.clone(), *(p.grad.clone() for p in init.parameters())]
     x.grad = None
     init.zero_grad()
+    rel = torch.stack([points[b, nbr[b]] for b in range(2)]) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
     z = torch.stack([init.embed_x(x)[b, nbr[b]] for b in range(2)]) + init.embed_pos(rel)  # (B, M, k, C)
     normed = init.norm(z) if norm == "layer" else init.norm(z.reshape(-1, 8)).view(z.shape)
     plain = init.proj(torch.relu(normed.amax(dim=2)))

@@ -27,6 +27,7 @@ def test_nothing_is_counted_outside_the_parts() -> None:
     seg = SegmentationHead(net.channels, 5, num_categories=2, hidden=16)
     flops = count_flops(net, seg, num_points=64)
     pos = torch.rand(1, 64, 3)
+    net.eval(), seg.eval()  # as count_flops: the forward of inference (no batch statistics, which are normalisation)
     with FlopCounterMode(display=False) as counter, torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
         seg(net.forward_features(pos), torch.zeros(1, dtype=torch.long))
     assert flops["total"] == counter.get_total_flops()

@@ -1,11 +1,13 @@
-"""The chunked per-pair functions against their autograd formulas (float64) and ``gradcheck``."""
+"""The per-pair functions (chunked, and sparse CSR products) against their autograd formulas (float64) and
+``gradcheck``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.pairs import chunk_rows, knn_max_pool, local_attention
+from models.csr import Pattern, csr_local_attention, neighbour_sum
+from models.pairs import chunk_rows, knn_batchnorm_max_pool, knn_max_pool, local_attention, neighbour_max
 
 R, S, K, H, D, E = 11, 20, 5, 2, 3, 4
 
@@ -29,11 +31,21 @@ def _attention_formula(q, key, value, index, scale, q_rel=None, rel=None):  # no
     return out, None if rel is None else a.transpose(1, 2) @ rel, a
 
 
+def _csr_attention(q, key, value, index, scale, _chunk, q_rel=None, rel=None):  # noqa: ANN001, ANN202
+    """:func:`csr_local_attention` with the call of :func:`local_attention` (the chunk is not used)."""
+    return csr_local_attention(q, key, value, Pattern(index, key.shape[0], q.shape[1]), scale, q_rel, rel)
+
+
+KERNELS = {"chunked": local_attention, "csr": _csr_attention}
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("rel", [True, False])
 @pytest.mark.parametrize("chunk", [1, 4, R])
-def test_local_attention_equals_its_formula(rel: bool, chunk: int) -> None:
+def test_local_attention_equals_its_formula(kernel: str, rel: bool, chunk: int) -> None:
     tensors, index = _attention_inputs(0, rel)
-    got = local_attention(*tensors[:3], index, 0.7, chunk, *tensors[3:])
+    index[0, 1] = index[0, 0]  # a repeated neighbour
+    got = KERNELS[kernel](*tensors[:3], index, 0.7, chunk, *tensors[3:])
     want = _attention_formula(*tensors[:3], index, 0.7, *tensors[3:])
     for a, b in zip(got, want):
         if b is None:
@@ -48,24 +60,28 @@ def test_local_attention_equals_its_formula(rel: bool, chunk: int) -> None:
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_local_attention_passes_gradcheck() -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_local_attention_passes_gradcheck(kernel: str) -> None:
     tensors, index = _attention_inputs(1)
     q, key, value, q_rel, rel = tensors
-    assert torch.autograd.gradcheck(lambda *t: local_attention(t[0], t[1], t[2], index, 0.5, 3, t[3], t[4])[:2],
+    attention = KERNELS[kernel]
+    assert torch.autograd.gradcheck(lambda *t: attention(t[0], t[1], t[2], index, 0.5, 3, t[3], t[4])[:2],
                                     (q, key, value, q_rel, rel), fast_mode=True)  # fmt: skip
 
 
-def test_local_attention_needs_both_position_terms() -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_local_attention_needs_both_position_terms(kernel: str) -> None:
     tensors, index = _attention_inputs(2)
     with pytest.raises(ValueError, match="both or neither"):
-        local_attention(*tensors[:3], index, 1.0, 4, q_rel=tensors[3])
+        KERNELS[kernel](*tensors[:3], index, 1.0, 4, q_rel=tensors[3])
 
 
-def test_local_attention_runs_under_bf16_autocast_on_cpu() -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_local_attention_runs_under_bf16_autocast_on_cpu(kernel: str) -> None:
     tensors, index = _attention_inputs(3)
     half = [t.detach().to(torch.bfloat16).requires_grad_() for t in tensors[:3]] + [t.detach().float() for t in tensors[3:]]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, mixed, weights = local_attention(*half[:3], index, 0.5, 4, *half[3:])
+        out, mixed, weights = KERNELS[kernel](*half[:3], index, 0.5, 4, *half[3:])
     assert out.dtype == torch.float32  # promoted to the widest input
     torch.testing.assert_close(weights.sum(1), torch.ones(R, H), rtol=1e-5, atol=1e-5)
     (out.sum() + mixed.sum()).backward()
@@ -101,13 +117,15 @@ def test_knn_max_pool_equals_its_formula_and_passes_gradcheck() -> None:
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_knn_max_pool_with_batch_norm_equals_its_formula(training: bool) -> None:
+def test_knn_batchnorm_max_pool_equals_its_formula(training: bool) -> None:
     """BatchNorm over the R·K pairs: forward, every gradient and the running statistics as nn.BatchNorm1d."""
     g = torch.Generator().manual_seed(5)
     C = 6
-    source = torch.randn(S, C, generator=g, dtype=torch.float64, requires_grad=True)
-    offsets = torch.randn(R, K, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    w_pos = torch.randn(C, 3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    source, points, centres, w_pos = rand(S, C), rand(S, 3), rand(R, 3), rand(C, 3)
     norms = [torch.nn.BatchNorm1d(C).double().train(training) for _ in range(2)]
     for norm in norms:
         with torch.no_grad():
@@ -115,21 +133,82 @@ def test_knn_max_pool_with_batch_norm_equals_its_formula(training: bool) -> None
             norm.bias.copy_(torch.linspace(-0.5, 0.5, C))
             norm.running_mean.copy_(torch.linspace(-0.2, 0.3, C))
             norm.running_var.copy_(torch.linspace(0.5, 2.0, C))
-    index = torch.randint(0, S, (R, K), generator=g)
-    got = knn_max_pool(source, offsets, w_pos, norms[0], index, 3)
-    want = norms[1](source[index].add(offsets @ w_pos.t()).view(-1, C)).view(R, K, C).amax(dim=1)
+    index = torch.randint(0, S, (R, K), generator=g)  # repeated neighbours in a row included
+    got = knn_batchnorm_max_pool(source, points, centres, w_pos, norms[0], index, 3)
+    pairs = source[index] + (points[index] - centres.unsqueeze(1)) @ w_pos.t()  # (R, K, C)
+    want = norms[1](pairs.view(-1, C)).view(R, K, C).amax(dim=1)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for a, b in zip(norms[0].buffers(), norms[1].buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     weights = torch.randn(R, C, generator=g, dtype=torch.float64)
-    inputs = [source, offsets, w_pos]
+    inputs = [source, points, centres, w_pos]
     grads = torch.autograd.grad((got * weights).sum(), inputs + list(norms[0].parameters()))
     want_grads = torch.autograd.grad((want * weights).sum(), inputs + list(norms[1].parameters()))
     for a, b in zip(grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     if training:
-        assert torch.autograd.gradcheck(lambda s, o, w: knn_max_pool(s, o, w, norms[0], index, 4), inputs,
+        assert torch.autograd.gradcheck(lambda *t: knn_batchnorm_max_pool(*t, norms[0], index, 4), inputs,
                                         fast_mode=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("chunk", [1, 4, R])
+def test_neighbour_max_equals_amax_and_routes_each_gradient_to_one_winner(chunk: int) -> None:
+    g = torch.Generator().manual_seed(6)
+    values = torch.randn(S, 7, generator=g, dtype=torch.float64)
+    values[3] = values[4]  # two inputs tie on every channel
+    index = torch.randint(0, S, (R, K), generator=g)
+    index[0, :2] = torch.tensor([3, 4])
+    values.requires_grad_()
+    got = neighbour_max(values, index, chunk)
+    torch.testing.assert_close(got, values[index].amax(dim=1), rtol=0, atol=0)
+    weights = torch.randn(R, 7, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((got * weights).sum(), values)
+    want = torch.zeros_like(values)
+    for r in range(R):
+        for c in range(7):  # the winner: the last neighbour reaching the max
+            k = max(k for k in range(K) if values[index[r, k], c] == got[r, c])
+            want[index[r, k], c] += weights[r, c]
+    torch.testing.assert_close(grad, want, rtol=0, atol=1e-15)
+    with torch.no_grad():  # no gradient: no winner kept
+        torch.testing.assert_close(neighbour_max(values, index, chunk), got.detach())
+
+
+def test_knn_batchnorm_max_pool_runs_under_bf16_autocast_on_cpu() -> None:
+    g = torch.Generator().manual_seed(7)
+    source = torch.randn(S, 8, generator=g).to(torch.bfloat16).requires_grad_()
+    points, centres, norm = torch.randn(S, 3, generator=g), torch.randn(R, 3, generator=g), torch.nn.BatchNorm1d(8)
+    index = torch.randint(0, S, (R, K), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = knn_batchnorm_max_pool(source, points, centres, torch.randn(8, 3, generator=g), norm, index, 4)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()  # statistics over every pair in float32
+    out.sum().backward()
+    assert source.grad is not None and source.grad.dtype == torch.bfloat16
+
+
+def test_neighbourhood_pattern_and_its_transpose_hold_the_pairs() -> None:
+    g = torch.Generator().manual_seed(8)
+    index = torch.randint(0, S, (R, K), generator=g)
+    index[0, 1] = index[0, 0]  # repeated neighbours add up
+    values = torch.randn(R, H, K, generator=g, dtype=torch.float64)
+    dense = torch.zeros(R * H, S * H, dtype=torch.float64)
+    for r in range(R):
+        for c in range(H):
+            for k in range(K):
+                dense[r * H + c, index[r, k] * H + c] += values[r, c, k]
+    pattern = Pattern(index, S, H)
+    torch.testing.assert_close(pattern.matrix(values).to_dense(), dense, rtol=0, atol=0)
+    torch.testing.assert_close(pattern.transposed(values).to_dense(), dense.t(), rtol=0, atol=0)
+
+
+def test_neighbour_sum_equals_its_formula_and_passes_gradcheck() -> None:
+    g = torch.Generator().manual_seed(9)
+    values = torch.randn(S, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, S, (R, K), generator=g)
+    got, want = neighbour_sum(values, index), values[index].sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(R, 5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(*(torch.autograd.grad((y * weights).sum(), values)[0] for y in (got, want)))
+    assert torch.autograd.gradcheck(lambda v: neighbour_sum(v, index), (values,), fast_mode=True)
 
 
 def test_chunk_rows_is_cache_sized_on_cpu_and_bounded_by_max_rows() -> None:
