@@ -17,13 +17,15 @@ shared keys and values. Per head, with the position code's hidden layer ``r_rk``
 
 Forward keeps the weights ``a`` ``[R, K, h]`` (1/d of a per-pair tensor).
 
-**KNN max-pool** (:func:`knn_max_pool`), the per-pair part of the KNN initialisation (docs/operator.md §2):
-``y_r = max_k N(x_{j(r,k)} + W_p o_rk)`` per channel, with the offsets ``o_rk = p_j − p_i`` and N a LayerNorm
-of each pair or a BatchNorm of each channel over all pairs. Forward keeps per-row results only; backward
-rebuilds the chunk's pairs and routes each channel's gradient to the neighbours that reach the maximum
-(shared among ties, as autograd's ``amax`` does). With a BatchNorm the max of the affine map per channel is
-taken at the extreme pair (max or min, by the sign of its gain), and the statistics' backward terms are sums
-over rows, so no pair is kept either.
+**KNN max-pool, LayerNorm** (:func:`knn_max_pool`), the per-pair part of the KNN initialisation
+(docs/operator.md §2): ``y_r = max_k LN(x_{j(r,k)} + W_p o_rk)`` per channel, with the offsets
+``o_rk = p_j − p_i``. Forward keeps per-row results only; backward rebuilds the chunk's pairs and routes each
+channel's gradient to the neighbours that reach the maximum (shared among ties, as autograd's ``amax`` does).
+
+**KNN max-pool, BatchNorm** (:func:`knn_batchnorm_max_pool`, the default): the pair feature splits into a
+per-input and a per-row term, so no pair is built at all; the only per-pair step left is a max over gathered
+rows (:func:`neighbour_max`), chunked like the rest. The functions here run on every device; on the CPU the
+local attention runs as sparse products instead (``models.csr``, docs/operator.md §7).
 """
 
 from __future__ import annotations
