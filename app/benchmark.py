@@ -33,7 +33,6 @@ from pathlib import Path
 
 import torch
 
-from app.allocator import GLIBC_ENV
 from benchmarks.harness import MODELS, OPS, RATIOS, CellSpec, loglog_slope, run_cell
 from benchmarks.training import TrainSpec, prepare_training_data, train_and_test
 
@@ -118,7 +117,7 @@ def run_child(module: str, payload: dict, cfg: Config, python: str | None = None
         limit = int(cfg.mem_gib * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    env = {**os.environ, **GLIBC_ENV, "PYTHONPATH": str(REPO)}  # every cell alike (app/allocator.py)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         proc = subprocess.run(
             [python or sys.executable, "-m", module, json.dumps(payload)], cwd=REPO, env=env, capture_output=True,
@@ -318,9 +317,7 @@ def render(cfg: Config, results: dict, command: str) -> str:
         "are surface-like clouds delivered in farthest-point order, as the data modules deliver them: every model "
         "takes each stage's seeds as a prefix, so no model samples inside the timed step (the data side's ordering "
         "is timed under *Neighbour search and sampling*). "
-        f"Batch of {cfg.batch}. Times are medians of up to {cfg.repeats} runs after one warm-up (see `reps`). On "
-        "the CPU every cell runs with glibc's allocator reusing large freed blocks (`app/allocator.py`, as the "
-        "CLI does).", "",
+        f"Batch of {cfg.batch}. Times are medians of up to {cfg.repeats} runs after one warm-up (see `reps`).", "",
         "- **fwd+bwd**: forward + cross-entropy + backward of one batch. **infer**: samples/s of inference-mode "
         f"forward passes. **peak MiB**: {unit} the fwd+bwd step added at its high-water mark (CPU: `ru_maxrss` "
         "over the resident size before the first step, one process per cell; CUDA: `max_memory_allocated` over "

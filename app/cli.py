@@ -16,7 +16,6 @@ import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from app.allocator import reuse_freed_memory
 from app.checkpoint import CheckpointError, check_fits, read_checkpoint
 from app.errors import run_with_one_line_errors
 from app.paths import fresh_path, run_dir
@@ -119,5 +118,4 @@ def build_from_config(config: str, overrides: list[str] | None = None) -> tuple[
 
 def main(args: list[str] | None = None) -> Trainer:
     """Entry point of ``python -m app``: one-line errors, ``--verbose`` for the traceback."""
-    reuse_freed_memory()  # large CPU buffers from the heap, not fresh pages (app/allocator.py)
     return run_with_one_line_errors(lambda argv: make_cli(argv).trainer, args)

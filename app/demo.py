@@ -15,7 +15,6 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 
-from app.allocator import reuse_freed_memory
 from app.analysis import analyse, render_analysis, sample_from_split
 from app.callbacks import TestMetricsWriter
 from app.cli import make_cli
@@ -70,7 +69,6 @@ def run(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, ``--verbose`` for the traceback."""
-    reuse_freed_memory()  # large CPU buffers from the heap, not fresh pages (app/allocator.py)
     run_with_one_line_errors(run, argv)
 
 
