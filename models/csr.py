@@ -25,6 +25,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from models.ops import widest_dtype
+
 
 #: Stack of :func:`sparse_kernels` switches (innermost last).
 _ENABLED: list[bool] = [True]
@@ -169,11 +171,8 @@ def csr_local_attention(
     """
     if (q_rel is None) != (rel is None):
         raise ValueError("q_rel and rel are the position-code terms: give both or neither")
-    tensors = [t for t in (q, key, value, q_rel, rel) if t is not None]
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    work = torch.promote_types(dtype, torch.float32)
+    dtype = widest_dtype(q, key, value, q_rel, rel)
+    work = widest_dtype(dtype, torch.float32)
     cast = [None if t is None else t.to(work).contiguous() for t in (q, q_rel, key, value, rel)]
     with torch.autocast(q.device.type, enabled=False):
         out, mixed, weights = _CSRLocalAttention.apply(*cast, pattern, scale)

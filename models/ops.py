@@ -34,6 +34,15 @@ def _check_points(name: str, pos: Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite coordinates")
 
 
+def widest_dtype(*tensors: Tensor | torch.dtype | None) -> torch.dtype:
+    """The dtype every one of ``tensors`` (or dtypes; ``None`` skipped) promotes to."""
+    dtypes = [t if isinstance(t, torch.dtype) else t.dtype for t in tensors if t is not None]
+    out = dtypes[0]
+    for d in dtypes[1:]:
+        out = torch.promote_types(out, d)
+    return out
+
+
 def flat_index(idx: Tensor, num_points: int) -> Tensor:
     """Per-cloud indices ``[B, *S]`` into ``num_points`` points → indices into the flattened ``B·num_points`` rows."""
     B = idx.shape[0]

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.csr import neighbour_sum
+from models.ops import widest_dtype
 
 #: Elements of one chunk's gathered keys on CPU (R_chunk·K·C): 2^19 floats = 2 MiB, about an L2 cache.
 CPU_CHUNK_ELEMENTS = 1 << 19
@@ -122,10 +123,7 @@ def local_attention(
     """
     if (q_rel is None) != (rel is None):
         raise ValueError("q_rel and rel are the position-code terms: give both or neither")
-    tensors = [t for t in (q, key, value, q_rel, rel) if t is not None]
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = widest_dtype(q, key, value, q_rel, rel)
     cast = [None if t is None else t.to(dtype).contiguous() for t in (q, q_rel, key, value, rel)]
     with torch.autocast(q.device.type, enabled=False):
         return _LocalAttention.apply(*cast, index.contiguous(), scale, chunk)
@@ -194,9 +192,7 @@ def knn_max_pool(
     Under autocast every input is cast to the widest of their dtypes.
     """
     tensors = (source, offsets, w_pos, norm.weight, norm.bias)
-    dtype = tensors[0].dtype
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = widest_dtype(*tensors)
     cast = [t.to(dtype).contiguous() for t in tensors]
     with torch.autocast(source.device.type, enabled=False):
         return _KNNMaxPool.apply(*cast, index.contiguous(), norm.eps, chunk)
@@ -255,9 +251,7 @@ def knn_batchnorm_max_pool(
     ``[R, K]`` long in ``[0, S)`` → ``[R, C]``. Training mode uses the batch's statistics and updates the
     running ones as ``nn.BatchNorm1d`` does; eval mode uses the running ones. Computed in float32 at least.
     """
-    dtype = torch.float32
-    for t in (source, points, centres, w_pos, norm.weight):
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = widest_dtype(torch.float32, source, points, centres, w_pos, norm.weight)
     (R, K), S = index.shape, source.shape[0]
     with torch.autocast(source.device.type, enabled=False):
         w_pos, weight, bias = w_pos.to(dtype), norm.weight.to(dtype), norm.bias.to(dtype)
