@@ -12,6 +12,9 @@ What is measured:
   resident size just before the first step: everything the forward + backward allocated (activations,
   gradients, workspaces, allocator slack) at its high-water mark. CUDA — ``torch.cuda.max_memory_allocated``
   over what was allocated before the first step (exact; cells then run in one process, see app.benchmark).
+- ``kernel_frac`` (CUDA only): GPU busy time of one profiled fwd+bwd step (the union of its kernels' and
+  copies' intervals, ``torch.profiler``) over the median unprofiled step time. Near 1: the GPU never waits;
+  far below: the step is bound by Python and kernel launches.
 - ``gflops``: forward FLOPs per sample (2 × MACs) counted by ``torch.utils.flop_counter.FlopCounterMode``:
   every matmul and attention kernel (SDPA forced onto its math kernel while counting); gathers, scatters,
   sorts, elementwise ops and the neighbour search count zero.
@@ -156,6 +159,7 @@ class CellResult:
     params: int | None = None
     op_ms: float | None = None
     repeats: int = 0
+    kernel_frac: float | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -189,6 +193,24 @@ def _timed(fn: Callable[[], object], device: str, repeats: int, budget_s: float)
         _sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times), n
+
+
+def gpu_busy_s(fn: Callable[[], object]) -> float:
+    """Seconds the GPU spends busy during one call of ``fn``: the union of its kernel and copy intervals
+    (overlapping kernels count once), from ``torch.profiler``."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
+    busy, end = 0.0, -math.inf
+    for a, b in spans:  # microseconds
+        busy += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return busy / 1e6
 
 
 def _run_op(spec: CellSpec) -> CellResult:
@@ -266,10 +288,12 @@ def _run_model(spec: CellSpec) -> CellResult:
         notes.append(f"compile + first step {time.perf_counter() - t:.1f} s")
     train_s, n = _timed(step, dev, spec.repeats, spec.budget_s / 2)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _peak_rss_mib() - rss0
+    kernel_frac = gpu_busy_s(step) / train_s if cuda else None
     model.eval()
     infer_s, _ = _timed(infer, dev, spec.repeats, spec.budget_s / 2)
     gflops = forward_gflops(model, pos[:1]) if spec.flops else None  # one extra forward on one cloud
-    return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, gflops, params, repeats=n, notes=notes)
+    return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, gflops, params, repeats=n,
+                      kernel_frac=kernel_frac, notes=notes)  # fmt: skip
 
 
 def run_cell(spec: CellSpec) -> CellResult:

@@ -65,6 +65,31 @@ def test_a_part_can_be_rerun_keeping_the_others(tmp_path: Path) -> None:
     assert "| Kept row | 50.0 ± 0.0 |" in text and "## Cost against N" in text and "fps_order_data" in text
 
 
+def test_a_gpu_run_is_kept_apart_and_rendered_with_its_own_machine_and_targets(tmp_path: Path) -> None:
+    """A ``--device cuda`` run stores its cells under "gpu" and renders below the CPU run, never mixed into it.
+    (Its results are made up here from the CPU cells: no GPU in CI.)"""
+    out = tmp_path / "BENCHMARKS.md"
+    main(["--quick", "--output", str(out), "--threads", "1", "--parts", "cost"])
+    raw = json.loads(out.with_suffix(".json").read_text())
+    cpu_text = out.read_text()
+    gpu = json.loads(json.dumps({k: raw[k] for k in ("cost", "configs", "parts", "commands")}))
+    gpu["configs"]["cost"].update(device="cuda", batch=128, sizes=[1024])
+    gpu["machines"] = {"cost": "Some CPU, 16 cores, torch 2.11.0+cu130, GPU: NVIDIA H200"}
+    gpu["cost"]["models"] = {name: {"1024": {**cells[next(iter(cells))], "kernel_frac": frac}}
+                             for (name, cells), frac in zip(raw["cost"]["models"].items(), (0.9, 0.5, 0.4, 0.3, 0.2))}  # fmt: skip
+    raw["gpu"] = gpu
+    out.with_suffix(".json").write_text(json.dumps(raw))
+    main(["--quick", "--output", str(out), "--parts"])  # re-render only
+    text = out.read_text()
+    cpu, _, gpu_text = text.partition("\n## GPU run\n")
+    assert cpu.strip() == cpu_text.strip()  # the CPU report is untouched
+    assert "### Cost against N" in gpu_text and "GPU: NVIDIA H200" in gpu_text and "(bf16 autocast)" in gpu_text
+    assert "| Centroid (local) | 1024 |" in gpu_text and "GPU busy 90 %" in gpu_text
+    assert "kernel time ≥ 80 % of the step's wall time: **met** (GPU busy 90 %" in gpu_text
+    assert "batch 128: training samples/s ≥ 2× full attention" in gpu_text
+    assert "largest B·M (batch × first-stage centroids) run here 65,536; failed cells: none" in gpu_text
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_benchmark_models_share_the_contract(name: str) -> None:
     model = build_classifier(name, 64, num_classes=5)

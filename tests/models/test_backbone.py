@@ -201,6 +201,45 @@ def test_cuda_matches_cpu(mode: str) -> None:
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_step_matches_cpu() -> None:
+    """One training step on the GPU (chunked kernels, gathered neighbour sums) against the CPU (sparse kernels):
+    output, every gradient and the BatchNorm running statistics, in float32; then the same step runs under
+    bf16 autocast."""
+    pos, x = _cloud(3, 96, 37, 4)
+    results = []
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        net = CentroidBackbone(4, layer_scale=0.5, normalize_offsets=True, **SMALL).to(device)
+        out = net(pos.to(device), x.to(device))
+        (out * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
+        results.append([t.detach().cpu() for t in (out, *(p.grad for p in net.parameters()), *net.buffers())])
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = net(pos.cuda(), x.cuda())
+    out.float().sum().backward()
+    assert torch.isfinite(out).all() and all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_trains_with_two_million_centroids_in_a_batch() -> None:
+    """B·M = 2²¹ first-stage centroids (batch 256 × 8192): far past the 65 535 limit of a kernel grid's batch
+    dimension that a per-centroid SDPA call hit. Forward and backward under bf16 autocast run and stay finite."""
+    torch.manual_seed(0)
+    b, n = 256, 16384
+    net = CentroidBackbone(3, stem_width=16, num_centroids=[n // 2, n // 8, n // 32], widths=[16, 16, 16], k=8,
+                           heads=2, sampling="prefix").cuda()  # fmt: skip
+    pos = torch.rand(b, n, 3, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = net(pos, pos)
+    out.float().square().mean().backward()
+    assert out.shape == (b, n // 32, 16) and torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
 def test_prefix_seeds_of_an_fps_ordered_cloud_equal_fps_at_every_stage() -> None:
     """FPS's prefix property: one data-side order gives every stage's FPS seeds (started at the same point)."""
     pos, _ = _cloud(3, 256, 30)
