@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.harness import MODELS, OPS, RATIOS, CellSpec, loglog_slope, run_cell
+from benchmarks.harness import MODELS, OPS, RATIOS, CellSpec, error_text, loglog_slope, run_cell
 from benchmarks.training import TrainSpec, prepare_training_data, train_and_test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +50,8 @@ VARIANTS: dict[str, tuple[list[int], int, dict, bool, tuple[str, ...]]] = {
     "N/4 first, T = 1": ([4, 8, 16], 1, {}, False, ("full_attention",)),
     "recompute (stage activations recomputed in backward)": ([2, 4, 8], 2, {"recompute": True}, True, ()),
 }
+#: The variant label of cells measured with ``--compile``.
+COMPILED = "torch.compile"
 #: The training candidate that is the centroid backbone with its defaults (configs/model/backbone_*.yaml).
 DEFAULT_CENTROID = "Centroid + LayerScale 1e-3, BatchNorm KNN init"
 #: Training candidates: label → (model, backbone options, schedule ratios, T). The "(before)" rows are the
@@ -140,7 +142,7 @@ def _in_process(module: str, payload: dict) -> dict:
         except (RuntimeError, MemoryError) as e:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            return {"error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__}
+            return {"error": error_text(e)}
     try:
         return asdict(train_and_test(TrainSpec(**payload)))
     except Exception as e:  # noqa: BLE001 -- as in the child: a failed training is a row note
@@ -186,8 +188,12 @@ def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: st
 
 
 def run_cost(cfg: Config) -> dict:
+    """Every model × N, then the centroid variants; with ``cfg.compile`` only the models, kept apart as the
+    ``COMPILED`` variant (beside the eager cells, never over them)."""
     sizes = {name: list(cfg.sizes) + (list(cfg.local_sizes) if name == REFERENCE else []) for name in cfg.models}
     models = sweep(cfg.models, sizes, cfg, "train_ms")
+    if cfg.compile:
+        return {"models": {}, "variants": {("" if m == REFERENCE else f"{m}@") + COMPILED: c for m, c in models.items()}}
     variants = {}
     if REFERENCE in cfg.models:
         for label, (ratios, steps, options, large, baselines) in VARIANTS.items():
@@ -330,7 +336,7 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     out = [
         f"Generated on {results.get('date', datetime.date.today().isoformat())} by:", "",
         *[f"- {part}: " + "; then ".join(f"`{c}`" for c in cmds) for part, cmds in _commands(results, command).items()], "",
-        f"**Machine**: {_machine_line(results, cfg)}. Threads used: {cfg.threads or torch.get_num_threads()}. "
+        f"**Machine**: {_machine_line(results, cfg)}. Threads used: {cfg.threads or 'torch default'}. "
         f"Device: `{cfg.device}`" + (" (bf16 autocast)." if gpu else "."), "",
         "All models: stem 64, stage widths 128/256/512, k = 16 neighbours, 4 heads, T = 2 shared-weight steps, the "
         "project's classification head (40 classes), default schedule N/2 → N/4 → N/8 centroids (or seeds). Inputs "
@@ -357,12 +363,15 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
         out += ["", f"{h} Centroid backbone variants (schedule, T, recompute)", "",
                 "Centroid rows: the same backbone, ratios against its default (N/2 first, T = 2) at the same N. "
                 "Baseline rows: that model at the variant's schedule and T, ratios against the centroid backbone "
-                "at the same variant and N (like for like).", "",
+                f"at the same variant and N (like for like). {COMPILED} rows: ratios against the same model "
+                "uncompiled (the compile's speed-up).", "",
                 "| variant | N | fwd+bwd ms | × | infer samples/s | × | peak MiB | × | GFLOPs | params | reps | note |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for name, cells in variants.items():
             model, _, variant = name.rpartition("@")
-            if model:
+            if variant == COMPILED:
+                out += _cost_rows(f"{label[model or REFERENCE]}, {variant}", cells, models.get(model or REFERENCE, {}))
+            elif model:
                 out += _cost_rows(f"{label[model]}, {variant}", cells, variants.get(variant, {}))
             else:
                 out += _cost_rows(f"Centroid (local), {name}", cells, ref)
@@ -486,17 +495,8 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
                      f"({c1['infer_sps']:.1f} vs {p1['infer_sps']:.1f} samples/s, {ratio:.2f}×).")  # fmt: skip
     else:
         lines.append("- Inference at N = 1024 against PointNet++: **not measured**.")
-    local = [(n, r["train_ms"]) for n, r in ref.items() if not r.get("error") and 4096 <= n <= 65536]
-    slope = loglog_slope([n for n, _ in local], [t for _, t in local])
-    if slope is not None:
-        tried = max((n for n in ref if n <= 65536), default=0)
-        verdict = "met" if slope <= 1.1 else "not met"
-        if local[-1][0] < tried:
-            verdict = f"not verified up to N = {tried}; {verdict} up to N = {local[-1][0]}"
-        lines.append(f"- Local mode slope ≤ 1.1 from 4k to 64k: **{verdict}** (slope {slope:.3f} over N = "
-                     f"{local[0][0]}–{local[-1][0]}).")  # fmt: skip
-    else:
-        lines.append("- Local mode slope from 4k to 64k: **not measured** (needs two sizes ≥ 4096).")
+    if not gpu:  # a CPU target
+        lines.append(_slope_target(ref))
     recompute = next((cells for name, cells in variants.items() if name.startswith("recompute")), {})
     for how, cells in (("default", ref), ("`recompute: true`", recompute)):
         big = cells.get(131072)
@@ -512,6 +512,18 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
         lines.append("- GPU targets (no failure up to B·M = 2²¹, batch-128 training throughput, kernel time ≥ 80 % of "
                      "the step): not part of a CPU run (`--device cuda`; see *GPU run* where there is one).")  # fmt: skip
     return lines
+
+
+def _slope_target(ref: dict) -> str:
+    local = [(n, r["train_ms"]) for n, r in ref.items() if not r.get("error") and 4096 <= n <= 65536]
+    slope = loglog_slope([n for n, _ in local], [t for _, t in local])
+    if slope is None:
+        return "- Local mode slope from 4k to 64k: **not measured** (needs two sizes ≥ 4096)."
+    tried = max((n for n in ref if n <= 65536), default=0)
+    verdict = "met" if slope <= 1.1 else "not met"
+    if local[-1][0] < tried:
+        verdict = f"not verified up to N = {tried}; {verdict} up to N = {local[-1][0]}"
+    return f"- Local mode slope ≤ 1.1 from 4k to 64k: **{verdict}** (slope {slope:.3f} over N = {local[0][0]}–{local[-1][0]})."
 
 
 def train_targets(train: dict) -> list[str]:

@@ -179,12 +179,14 @@ def _sync(device: str) -> None:
 
 
 def _timed(fn: Callable[[], object], device: str, repeats: int, budget_s: float) -> tuple[float, int]:
-    """Median seconds of ``fn`` after one warm-up; repeats capped so they fit ``budget_s``."""
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    warm = time.perf_counter() - t
+    """Median seconds of ``fn`` after one warm-up (two on CUDA, whose first call in a process also creates the
+    library handles); repeats capped so they fit ``budget_s``."""
+    for _ in range(2 if device.startswith("cuda") else 1):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        warm = time.perf_counter() - t
     n = max(1, min(repeats, int(budget_s / max(warm, 1e-9))))
     times = []
     for _ in range(n):
@@ -303,6 +305,12 @@ def run_cell(spec: CellSpec) -> CellResult:
     return _run_op(spec) if spec.name in OPS else _run_model(spec)
 
 
+def error_text(e: BaseException) -> str:
+    """A failed cell's note: the message on one line, cut to 160 characters (a compiler's first line alone,
+    "backend='inductor' raised:", says nothing)."""
+    return " ".join(str(e).split())[:160] or type(e).__name__
+
+
 def loglog_slope(ns: list[int], times: list[float]) -> float | None:
     """Least-squares slope of log(time) against log(N); ``None`` with fewer than two points."""
     if len(ns) < 2:
@@ -318,7 +326,7 @@ def _main(arg: str) -> None:
     try:
         result = run_cell(spec)
     except (RuntimeError, MemoryError) as e:  # out-of-memory lands here (address-space cap set by the parent)
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        msg = error_text(e)
         result = CellResult(spec, error=msg)
     print("RESULT " + json.dumps(asdict(result)), flush=True)
 

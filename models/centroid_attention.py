@@ -51,8 +51,10 @@ def pair_flop_counter() -> Iterator[list[int]]:
     """Count the FLOPs (2 × MACs) of the fast path's per-pair products inside the block: ``[total]``.
 
     They are broadcast multiplies summed over an axis, which ``torch.utils.flop_counter`` (matmuls only)
-    does not see; ``models.flops`` adds them so that every attention product is counted. The sparse kernels
-    are off inside (``models.csr.sparse_kernels``): the counter would count their products as dense.
+    does not see; ``models.flops.count_flops`` (per stage) and the benchmark add them, so that every attention
+    product is counted. Inside, the local attention runs on gathered keys (``_fast_pairs``) rather than its
+    sparse or chunked kernels: the counter would count sparse products as dense, and it misses the chunked
+    kernels' in-place ``baddbmm_`` (the q̃·r term).
     """
     counter = [0]
     _PAIR_FLOP_COUNTERS.append(counter)
@@ -252,8 +254,9 @@ class CentroidAttention(nn.Module):
         q ``[R, h, d]`` with R = B·M, rel ``[R, K, e]`` → ``[R, h, d]`` and the weights ``[R, K, h]``.
         """
         (B, N, C), (R, h, d), K = kv.key.shape, q.shape, kv.index.shape[2]
-        if _PAIR_FLOP_COUNTERS:  # q·k and Σ a v: R·K·C multiply-accumulates each
-            _PAIR_FLOP_COUNTERS[-1][0] += 2 * 2 * R * K * C
+        if _PAIR_FLOP_COUNTERS:  # counting FLOPs: the gathered path, whose products the counter sees or adds
+            key, value = gather(kv.key, kv.index).view(R, K, h, d), gather(kv.value, kv.index).view(R, K, h, d)
+            return self._fast_pairs(q, key, value, rel, 0.0)
         w2 = q_rel = None
         if rel is not None:
             w2 = self.pos_mlp[2].weight.view(h, d, -1)  # W_2^h, (h, d, e)

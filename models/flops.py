@@ -3,11 +3,15 @@
 Counted with ``torch.utils.flop_counter.FlopCounterMode``: matrix products (``Linear``, ``einsum``/``bmm``,
 ``scaled_dot_product_attention``, forced onto its math kernel so that CPU runs count it too) are counted,
 as ``2 × multiply-accumulates`` (the paper reports MACs = FLOPs / 2). Gathers, top-k, element-wise ops,
-normalisation and the kNN/FPS neighbour search are NOT counted. The sparse CPU kernels (``models.csr``) are
-off while counting: the counter would count a sparse product as a dense one.
+normalisation and the kNN/FPS neighbour search are NOT counted. The local attention's per-pair products
+(``q·k`` and ``Σ a v``, R·K·C multiply-accumulates each) are broadcast multiplies the counter does not see:
+``models.centroid_attention.pair_flop_counter`` adds them to the stage that runs them (and keeps the sparse
+CPU kernels off, whose products the counter would count as dense).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,7 +19,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.backbone import CentroidBackbone
-from models.csr import sparse_kernels
+from models.centroid_attention import pair_flop_counter
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -61,12 +65,25 @@ def count_flops(
     model = _BackboneAndHead(backbone, head)
     modes = [m.training for m in model.modules()]
     model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), sparse_kernels(False):
-            model(pos, x)
-    finally:
-        for m, mode in zip(model.modules(), modes):
-            m.training = mode
+    pair_flops = [0] * len(backbone.stages)  # the local attention's per-pair products, per stage
+    with pair_flop_counter() as pairs:
+
+        def track(s: int, sign: int) -> Callable[..., None]:  # stage s: pair total after its forward − before
+            def hook(*_: object) -> None:
+                pair_flops[s] += sign * pairs[0]
+
+            return hook
+
+        hooks = [h for s, stage in enumerate(backbone.stages)
+                 for h in (stage.register_forward_pre_hook(track(s, -1)), stage.register_forward_hook(track(s, 1)))]  # fmt: skip
+        try:
+            with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+                model(pos, x)
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, mode in zip(model.modules(), modes):
+                m.training = mode
     per_module = counter.get_flop_counts()  # keyed by module path: "_BackboneAndHead.backbone.stages.0"
 
     def flops_of(path: str) -> int:
@@ -74,7 +91,7 @@ def count_flops(
 
     result = {"stem": flops_of("backbone.stem")}
     for s in range(len(backbone.stages)):
-        result[f"stage_{s + 1}"] = flops_of(f"backbone.stages.{s}")
+        result[f"stage_{s + 1}"] = flops_of(f"backbone.stages.{s}") + pair_flops[s]
     if head is not None:
         result["head"] = flops_of("head")
     result["total"] = sum(result.values())

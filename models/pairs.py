@@ -76,11 +76,11 @@ class _LocalAttention(torch.autograd.Function):
         q, q_rel, key, value, rel, index, weights = ctx.saved_tensors
         R, h, d = q.shape
         K, C = index.shape[1], h * d
-        g_out = g_out.contiguous()
+        g_out = g_out.to(q.dtype).contiguous()  # compiled graphs may hand gradients over in another dtype
         g_q, g_key, g_value = torch.empty_like(q), torch.zeros_like(key), torch.zeros_like(value)
         g_q_rel = g_rel = None
         if rel is not None:
-            g_mixed = g_mixed.contiguous() if g_mixed is not None else q.new_zeros(R, h, rel.shape[-1])
+            g_mixed = g_mixed.to(q.dtype).contiguous() if g_mixed is not None else q.new_zeros(R, h, rel.shape[-1])
             g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
         for s in range(0, R, ctx.chunk):
             rows, flat = slice(s, s + ctx.chunk), index[s : s + ctx.chunk].reshape(-1)
@@ -148,7 +148,7 @@ class _KNNMaxPool(torch.autograd.Function):
         source, offsets, w_pos, weight, bias, index, pooled = ctx.saved_tensors
         R, K = index.shape
         C = source.shape[1]
-        g_pooled = g_pooled.contiguous()
+        g_pooled = g_pooled.to(pooled.dtype).contiguous()  # compiled graphs may pass another dtype
         g_source, g_w_pos = torch.zeros_like(source), torch.zeros_like(w_pos)
         g_weight, g_bias = torch.zeros_like(weight), torch.zeros_like(bias)
         g_offsets = torch.empty_like(offsets) if ctx.needs_input_grad[1] else None
@@ -215,7 +215,7 @@ class _NeighbourMax(torch.autograd.Function):
         if keep:
             small = torch.int16 if K < 2**15 else torch.int32
             ctx.save_for_backward(index, winner.sub_(1).to(small))
-        ctx.sources = values.shape[0]
+        ctx.sources, ctx.dtype = values.shape[0], values.dtype
         return top
 
     @staticmethod
@@ -224,7 +224,8 @@ class _NeighbourMax(torch.autograd.Function):
         R, C = winner.shape
         j = index.gather(1, winner.long())  # the winning input of each row and channel, (R, C)
         flat = (j * C + torch.arange(C, device=j.device)).view(-1)
-        g_values = grad.new_zeros(ctx.sources * C).index_add_(0, flat, grad.contiguous().view(-1))
+        grad = grad.to(ctx.dtype).contiguous()  # compiled graphs may pass another dtype
+        g_values = grad.new_zeros(ctx.sources * C).index_add_(0, flat, grad.view(-1))
         return g_values.view(ctx.sources, C), None, None
 
 

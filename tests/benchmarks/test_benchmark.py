@@ -164,3 +164,12 @@ def test_training_targets_compare_the_default_centroid_row_with_pointnet2() -> N
                            "Full self-attention": runs(0.08, 0.09)})  # fmt: skip
     assert len(lines) == 2 and "**met** (98.5 ± 0.7 vs 96.0 ± 1.4 %)" in lines[0] and "**not met**" in lines[1]
     assert train_targets({}) == []
+
+
+def test_compiled_cells_are_kept_as_a_variant_beside_the_eager_ones(monkeypatch) -> None:
+    import app.benchmark as bench
+
+    monkeypatch.setattr(bench, "sweep", lambda names, *a, **k: {n: {128: {"train_ms": 1.0}} for n in names})
+    cfg = bench.Config(sizes=[128], local_sizes=[], models=["centroid_local", "pointnet2"], compile=True)
+    assert bench.run_cost(cfg) == {"models": {}, "variants": {bench.COMPILED: {128: {"train_ms": 1.0}},
+                                                              f"pointnet2@{bench.COMPILED}": {128: {"train_ms": 1.0}}}}

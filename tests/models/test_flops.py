@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.backbone import CentroidBackbone
+from models.centroid_attention import pair_flop_counter
 from models.flops import count_flops, count_parameters
 from models.heads import ClassificationHead, SegmentationHead
 
@@ -44,3 +45,17 @@ def test_default_classifier_flops_and_parameters() -> None:
     frozen = ClassificationHead(4, 2, hidden=[])
     frozen.classifier.weight.requires_grad_(False)
     assert count_parameters(frozen) == 2  # the bias only
+
+
+def test_local_attention_per_pair_products_are_counted_once_per_stage() -> None:
+    """q·k and Σ a·v: 2 × (M·K·C multiply-accumulates) each, at every one of the T steps, in the stage that runs
+    them; the rest is what the counter sees."""
+    net = CentroidBackbone(stem_width=16, num_centroids=[32, 16], widths=[16, 32], k=8, heads=2, steps=2)
+    flops = count_flops(net, num_points=64)
+    net.eval()
+    with torch.no_grad(), pair_flop_counter(), FlopCounterMode(display=False) as counter:
+        net(torch.rand(1, 64, 3))
+    seen = counter.get_flop_counts()
+    for s, (m, c) in enumerate(zip([32, 16], [16, 32])):
+        pairs = 2 * 2 * (2 * m * 8 * c)  # T = 2 steps × (q·k + Σ a·v) × 2 FLOPs per MAC
+        assert flops[f"stage_{s + 1}"] == sum(seen[f"CentroidBackbone.stages.{s}"].values()) + pairs

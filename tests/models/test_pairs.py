@@ -218,3 +218,34 @@ def test_chunk_rows_is_cache_sized_on_cpu_and_bounded_by_max_rows() -> None:
     assert chunk_rows(10**6, 10**9, cpu, None) == 16  # never fewer than 16 rows
     assert chunk_rows(10**6, 16, cpu, 100) == 100  # max_rows bounds every device
     assert chunk_rows(10**6, 16, torch.device("meta"), None) == 10**6  # accelerators: one launch where allowed
+
+
+def test_chunked_backwards_take_gradients_in_another_dtype() -> None:
+    """A compiled graph (seen with ``torch.compile`` on CUDA under bf16 autocast) can hand a function's backward
+    float32 gradients for bfloat16 outputs; each chunked backward casts them to its forward's dtype and gives
+    what autograd gives with the gradients in that dtype."""
+    g = torch.Generator().manual_seed(9)
+
+    def bf16(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).bfloat16().requires_grad_()
+
+    def f32(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g)
+
+    index = torch.randint(0, S, (R, K), generator=g)
+    norm = torch.nn.LayerNorm(6).bfloat16()
+    q, key, value, q_rel, rel = bf16(R, H, D), bf16(S, H, D), bf16(S, H, D), bf16(R, E, H), bf16(R, K, E)
+    source, offsets, w_pos, values = bf16(S, 6), bf16(R, K, 3), bf16(6, 3), bf16(S, 6)
+    calls = [  # outputs, the float32 gradients of every output, the inputs in the function's own order
+        (local_attention(q, key, value, index, 0.5, 4, q_rel, rel), [f32(R, H, D), f32(R, H, E), None], [q, q_rel, key, value, rel]),
+        ((knn_max_pool(source, offsets, w_pos, norm, index, 4),), [f32(R, 6)], [source, offsets, w_pos]),
+        ((neighbour_max(values, index, 4),), [f32(R, 6)], [values]),
+    ]  # fmt: skip
+    for outputs, grads, inputs in calls:
+        used = [(o, gr.bfloat16()) for o, gr in zip(outputs, grads) if gr is not None]
+        eager = torch.autograd.grad([o for o, _ in used], inputs, [gr for _, gr in used], retain_graph=True)
+        with torch.no_grad():  # the backward, called as a compiled graph calls it
+            direct = outputs[0].grad_fn.apply(*grads)
+        for a, b in zip(direct, eager):
+            assert a.dtype == torch.bfloat16
+            torch.testing.assert_close(a, b)
