@@ -41,7 +41,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
@@ -200,9 +202,6 @@ def _timed(fn: Callable[[], object], device: str, repeats: int, budget_s: float)
 def gpu_busy_s(fn: Callable[[], object]) -> float:
     """Seconds the GPU spends busy during one call of ``fn``: the union of its kernel and copy intervals
     (overlapping kernels count once), from ``torch.profiler``."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()

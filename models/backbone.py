@@ -104,20 +104,20 @@ class KNNInit(nn.Module):
         """x ``[B, N, C_in]`` at ``points`` ``[B, N, 3]``, centres ``[B, M, 3]``, neighbors ``[B, M, k]`` → ``[B, M, C]``."""
         source = self.embed_x(x)  # (B, N, C)
         (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
+        index = flat_index(neighbors, N).reshape(B * M, k)
+        chunk = chunk_rows(B * M, k * C, source.device, None)
+        if self.hidden is None and isinstance(self.norm, nn.BatchNorm1d):  # no pair is built (docs/operator.md §7)
+            pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
+                                            centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index, chunk)  # fmt: skip
+            return self.proj(torch.relu(pooled.view(B, M, C)))
+        rel = gather(points, neighbors) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
         if self.hidden is not None:
-            rel = gather(points, neighbors) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
             h = _pair_norm(self.norm, gather(source, neighbors) + self.embed_pos(rel))  # (B, M, k, C)
             h = _pair_norm(self.hidden[2], self.hidden[1](torch.relu(h)))
             return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
-        index = flat_index(neighbors, N).reshape(B * M, k)
-        chunk = chunk_rows(B * M, k * C, source.device, None)
-        if isinstance(self.norm, nn.BatchNorm1d):  # no pair is built (docs/operator.md §7)
-            pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
-                                            centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index, chunk)  # fmt: skip
-        else:  # max_k LN(z_ij) without keeping the (B, M, k, C) pairs
-            rel = gather(points, neighbors) - centres.unsqueeze(2)
-            pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
-                                  index, chunk)  # fmt: skip
+        # max_k LN(z_ij) without keeping the (B, M, k, C) pairs
+        pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
+                              index, chunk)  # fmt: skip
         return self.proj(torch.relu(pooled.view(B, M, C)))
 
 
