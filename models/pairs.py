@@ -30,6 +30,8 @@ local attention runs as sparse products instead (``models.csr``, docs/operator.m
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,8 +39,16 @@ from torch import Tensor
 from models.csr import neighbour_sum
 from models.ops import widest_dtype
 
+#: Triton ships with the CUDA builds of torch: on CUDA, local attention and the neighbour max run as its fused
+#: kernels (``models.triton_pairs``), the chunked functions here elsewhere.
+TRITON = importlib.util.find_spec("triton") is not None
 #: Elements of one chunk's gathered keys on CPU (R_chunk·K·C): 2^19 floats = 2 MiB, about an L2 cache.
 CPU_CHUNK_ELEMENTS = 1 << 19
+
+
+def use_triton(device: torch.device) -> bool:
+    """Whether the Triton kernels of ``models.triton_pairs`` run: on CUDA, where Triton is installed."""
+    return TRITON and device.type == "cuda"
 
 
 def chunk_rows(rows: int, per_row: int, device: torch.device, max_rows: int | None) -> int:
@@ -126,6 +136,11 @@ def local_attention(
     dtype = widest_dtype(q, key, value, q_rel, rel)
     cast = [None if t is None else t.to(dtype).contiguous() for t in (q, q_rel, key, value, rel)]
     with torch.autocast(q.device.type, enabled=False):
+        if use_triton(q.device):
+            from models.triton_pairs import triton_local_attention  # imports Triton: on CUDA only
+
+            q, q_rel, key, value, rel = cast
+            return triton_local_attention(q, key, value, index.contiguous(), scale, q_rel, rel)
         return _LocalAttention.apply(*cast, index.contiguous(), scale, chunk)
 
 
@@ -232,7 +247,12 @@ class _NeighbourMax(torch.autograd.Function):
 def neighbour_max(values: Tensor, index: Tensor, chunk: int) -> Tensor:
     """``max_k values[index[r, k]]`` per row and channel, chunked over rows: values ``[S, C]``, index ``[R, K]``
     long → ``[R, C]``. Backward routes each row's channel gradient to one winner (the last k among ties; a
-    subgradient), remembered in forward as a small integer per row and channel, so backward is one scatter."""
+    subgradient), remembered in forward as a small integer per row and channel, so backward is one scatter.
+    On CUDA two Triton kernels do the same (``models.triton_pairs``)."""
+    if use_triton(values.device):
+        from models.triton_pairs import triton_neighbour_max  # imports Triton: on CUDA only
+
+        return triton_neighbour_max(values.contiguous(), index.contiguous())
     return _NeighbourMax.apply(values.contiguous(), index.contiguous(), chunk)
 
 

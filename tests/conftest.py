@@ -1,10 +1,15 @@
-"""Shared fixtures: where the real sample files live (``../shared/real-samples``)."""
+"""Shared fixtures: where the real sample files live (``../shared/real-samples``); Triton interpreted without CUDA."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton's kernels then run on CPU tensors, interpreted (read when it is imported)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REAL_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "real-samples"
 

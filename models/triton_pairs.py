@@ -1,0 +1,242 @@
+"""Local attention as two Triton kernels, for CUDA: each neighbour's key and value rows are read once per pass.
+
+The chunked function of ``models.pairs`` writes every per-pair product (``[c, K, h, d]`` gathers, products,
+sums) to memory and reads it back; on a GPU that traffic, not arithmetic, set the step time (docs/operator.md
+§7, *On a GPU*). Here one program takes a block of rows (centroids) and, head by head, gathers its K key
+rows, forms the logits, the softmax and the weighted sum of the value rows in registers, and writes only the
+per-row results and the weights ``[R, K, h]``. The backward kernel gathers the rows again and adds the key and
+value gradients into their ``[S, C]`` sources with atomic adds (float32 buffers under bf16 or fp16).
+
+Same formulas and shapes as :func:`models.pairs.local_attention` (``q [R, h, d]``, ``key/value [S, h, d]``,
+``index [R, K]``, position terms ``q_rel [R, e, h]`` and ``rel [R, K, e]``); sums are accumulated in float32
+(float64 for float64 inputs). Tested against the chunked function on the CPU through Triton's interpreter
+(``TRITON_INTERPRET=1``) and on CUDA (``pytest -m gpu``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+#: Elements of one program's gathered tile (rows × K × head width) and warps per program: the fastest of five
+#: settings (tiles of 1024-4096 elements, 4 or 8 warps) at the benchmark's stage shapes on an H200, fwd+bwd
+#: 3.3× faster than the chunked function there (docs/operator.md §7).
+TILE_ELEMENTS = 2048
+NUM_WARPS = 4
+
+
+@triton.jit
+def _forward_kernel(
+    q_ptr, q_rel_ptr, key_ptr, value_ptr, rel_ptr, index_ptr, out_ptr, mixed_ptr, weights_ptr, R, K, scale,
+    H: tl.constexpr, D: tl.constexpr, E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, HAS_REL: tl.constexpr, F64: tl.constexpr,
+):  # fmt: skip
+    ACC = tl.float64 if F64 else tl.float32  # the sums' dtype
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    ks, ds, es = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_E)
+    row_ok = rows < R
+    pair_ok = row_ok[:, None] & (ks[None, :] < K)  # (BR, BK)
+    row_d_ok = row_ok[:, None] & (ds[None, :] < D)  # (BR, BD)
+    j = tl.load(index_ptr + rows[:, None] * K + ks[None, :], mask=pair_ok, other=0)  # (BR, BK)
+    pair_d_ok = pair_ok[:, :, None] & (ds[None, None, :] < D)  # (BR, BK, BD)
+    if HAS_REL:
+        row_e_ok = row_ok[:, None] & (es[None, :] < E)
+        rel = tl.load(rel_ptr + (rows[:, None, None] * K + ks[None, :, None]) * E + es[None, None, :],
+                      mask=pair_ok[:, :, None] & (es[None, None, :] < E), other=0.0).to(ACC)  # (BR, BK, BE)
+    for hh in tl.static_range(H):
+        head = rows[:, None] * (H * D) + hh * D + ds[None, :]  # this head's channels of each row, (BR, BD)
+        source = j[:, :, None] * (H * D) + hh * D + ds[None, None, :]  # ... of each neighbour, (BR, BK, BD)
+        q = tl.load(q_ptr + head, mask=row_d_ok, other=0.0).to(ACC)
+        keys = tl.load(key_ptr + source, mask=pair_d_ok, other=0.0).to(ACC)
+        logits = tl.sum(keys * q[:, None, :], axis=2)  # q · k, (BR, BK)
+        if HAS_REL:
+            q_rel = tl.load(q_rel_ptr + rows[:, None] * (E * H) + es[None, :] * H + hh, mask=row_e_ok, other=0.0)
+            logits += tl.sum(rel * q_rel.to(ACC)[:, None, :], axis=2)  # + q̃ · r
+        logits = tl.where(pair_ok, logits * scale, float("-inf"))
+        peak = tl.where(row_ok, tl.max(logits, axis=1), 0.0)
+        p = tl.exp(logits - peak[:, None])
+        a = p / tl.where(row_ok, tl.sum(p, axis=1), 1.0)[:, None]  # softmax over the K neighbours
+        tl.store(weights_ptr + (rows[:, None] * K + ks[None, :]) * H + hh, a.to(weights_ptr.dtype.element_ty),
+                 mask=pair_ok)  # fmt: skip
+        values = tl.load(value_ptr + source, mask=pair_d_ok, other=0.0).to(ACC)
+        tl.store(out_ptr + head, tl.sum(values * a[:, :, None], axis=1).to(out_ptr.dtype.element_ty), mask=row_d_ok)
+        if HAS_REL:  # Σ_k a r, (BR, BE)
+            mixed = tl.sum(rel * a[:, :, None], axis=1).to(mixed_ptr.dtype.element_ty)
+            tl.store(mixed_ptr + (rows[:, None] * H + hh) * E + es[None, :], mixed, mask=row_e_ok)
+
+
+@triton.jit
+def _backward_kernel(
+    q_ptr, q_rel_ptr, key_ptr, value_ptr, rel_ptr, index_ptr, weights_ptr, g_out_ptr, g_mixed_ptr, g_q_ptr,
+    g_q_rel_ptr, g_key_ptr, g_value_ptr, g_rel_ptr, R, K, scale, H: tl.constexpr, D: tl.constexpr,
+    E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
+    HAS_REL: tl.constexpr, F64: tl.constexpr,
+):  # fmt: skip
+    ACC = tl.float64 if F64 else tl.float32  # the sums' dtype
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    ks, ds, es = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_E)
+    row_ok = rows < R
+    pair_ok = row_ok[:, None] & (ks[None, :] < K)
+    row_d_ok = row_ok[:, None] & (ds[None, :] < D)
+    j = tl.load(index_ptr + rows[:, None] * K + ks[None, :], mask=pair_ok, other=0)
+    pair_d_ok = pair_ok[:, :, None] & (ds[None, None, :] < D)
+    if HAS_REL:
+        row_e_ok = row_ok[:, None] & (es[None, :] < E)
+        pair_e = (rows[:, None, None] * K + ks[None, :, None]) * E + es[None, None, :]
+        pair_e_ok = pair_ok[:, :, None] & (es[None, None, :] < E)
+        rel = tl.load(rel_ptr + pair_e, mask=pair_e_ok, other=0.0).to(ACC)  # (BR, BK, BE)
+        g_rel = tl.zeros((BLOCK_R, BLOCK_K, BLOCK_E), dtype=ACC)  # summed over the heads
+    for hh in tl.static_range(H):
+        head = rows[:, None] * (H * D) + hh * D + ds[None, :]
+        source = j[:, :, None] * (H * D) + hh * D + ds[None, None, :]
+        a = tl.load(weights_ptr + (rows[:, None] * K + ks[None, :]) * H + hh, mask=pair_ok, other=0.0).to(ACC)
+        go = tl.load(g_out_ptr + head, mask=row_d_ok, other=0.0).to(ACC)  # (BR, BD)
+        values = tl.load(value_ptr + source, mask=pair_d_ok, other=0.0).to(ACC)
+        g_a = tl.sum(values * go[:, None, :], axis=2)  # ∂/∂a = v · g_out, (BR, BK)
+        g_v = (a[:, :, None] * go[:, None, :]).to(g_value_ptr.dtype.element_ty)
+        tl.atomic_add(g_value_ptr + source, g_v, mask=pair_d_ok, sem="relaxed")
+        if HAS_REL:
+            g_m = tl.load(g_mixed_ptr + (rows[:, None] * H + hh) * E + es[None, :], mask=row_e_ok, other=0.0)
+            g_m = g_m.to(ACC)
+            g_a += tl.sum(rel * g_m[:, None, :], axis=2)  # + r · g_mixed
+            g_rel += a[:, :, None] * g_m[:, None, :]
+        g_logits = a * (g_a - tl.sum(a * g_a, axis=1)[:, None]) * scale  # softmax backward, (BR, BK)
+        q = tl.load(q_ptr + head, mask=row_d_ok, other=0.0).to(ACC)
+        keys = tl.load(key_ptr + source, mask=pair_d_ok, other=0.0).to(ACC)
+        tl.store(g_q_ptr + head, tl.sum(keys * g_logits[:, :, None], axis=1).to(g_q_ptr.dtype.element_ty),
+                 mask=row_d_ok)  # fmt: skip
+        g_k = (g_logits[:, :, None] * q[:, None, :]).to(g_key_ptr.dtype.element_ty)
+        tl.atomic_add(g_key_ptr + source, g_k, mask=pair_d_ok, sem="relaxed")
+        if HAS_REL:
+            q_rel_at = rows[:, None] * (E * H) + es[None, :] * H + hh
+            q_rel = tl.load(q_rel_ptr + q_rel_at, mask=row_e_ok, other=0.0).to(ACC)
+            g_q_rel = tl.sum(rel * g_logits[:, :, None], axis=1)  # (BR, BE)
+            tl.store(g_q_rel_ptr + q_rel_at, g_q_rel.to(g_q_rel_ptr.dtype.element_ty), mask=row_e_ok)
+            g_rel += g_logits[:, :, None] * q_rel[:, None, :]
+    if HAS_REL:
+        tl.store(g_rel_ptr + pair_e, g_rel.to(g_rel_ptr.dtype.element_ty), mask=pair_e_ok)
+
+
+def _blocks(K: int, D: int, E: int) -> dict[str, int]:
+    """Power-of-two tile sizes (Triton's ranges) for K neighbours, head width D and position width E."""
+    block_k, block_d, block_e = (triton.next_power_of_2(n) for n in (K, D, E))
+    block_r = max(1, min(64, TILE_ELEMENTS // (block_k * max(block_d, block_e))))
+    return dict(BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_E=block_e)
+
+
+class _TritonLocalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, q_rel, key, value, rel, index, scale: float):  # noqa: ANN001, ANN205
+        R, H, D = q.shape
+        K, E = index.shape[1], 1 if rel is None else rel.shape[-1]
+        out, weights = torch.empty_like(q), q.new_empty(R, K, H)
+        mixed = None if rel is None else q.new_empty(R, H, E)
+        meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, **_blocks(K, D, E))
+        grid = (triton.cdiv(R, meta["BLOCK_R"]),)
+        rel_or_q, q_rel_or_q = (q, q) if rel is None else (rel, q_rel)  # unused pointers when HAS_REL is false
+        _forward_kernel[grid](q, q_rel_or_q, key, value, rel_or_q, index, out, out if mixed is None else mixed,
+                              weights, R, K, scale, num_warps=NUM_WARPS, **meta)  # fmt: skip
+        ctx.save_for_backward(q, q_rel, key, value, rel, index, weights)
+        ctx.scale, ctx.meta, ctx.grid = scale, meta, grid
+        ctx.mark_non_differentiable(weights)
+        return out, mixed, weights
+
+    @staticmethod
+    def backward(ctx, g_out, g_mixed, _g_weights):  # noqa: ANN001, ANN205
+        q, q_rel, key, value, rel, index, weights = ctx.saved_tensors
+        R, K = index.shape
+        g_out = g_out.to(q.dtype).contiguous()  # compiled graphs may hand gradients over in another dtype
+        sums = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32  # atomic adds in float32
+        g_key = torch.zeros(key.shape, dtype=sums, device=key.device)
+        g_value = torch.zeros(value.shape, dtype=sums, device=value.device)
+        g_q, g_q_rel, g_rel = torch.empty_like(q), None, None
+        if rel is not None:
+            g_mixed = g_mixed.to(q.dtype).contiguous() if g_mixed is not None else q.new_zeros(R, q.shape[1], rel.shape[-1])
+            g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
+        q_rel_, rel_, g_mixed_, g_q_rel_, g_rel_ = (q, q, q, g_q, g_q) if rel is None else (q_rel, rel, g_mixed, g_q_rel, g_rel)
+        _backward_kernel[ctx.grid](q, q_rel_, key, value, rel_, index, weights, g_out, g_mixed_, g_q, g_q_rel_,
+                                   g_key, g_value, g_rel_, R, K, ctx.scale, num_warps=NUM_WARPS, **ctx.meta)  # fmt: skip
+        return g_q, g_q_rel, g_key.to(key.dtype), g_value.to(value.dtype), g_rel, None, None
+
+
+def triton_local_attention(
+    q: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float,
+    q_rel: Tensor | None = None, rel: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """:func:`models.pairs.local_attention` in two Triton kernels: every input contiguous, of one dtype, on one
+    device (``models.pairs.local_attention`` casts and dispatches). Returns ``out [R, h, d]``, ``mixed [R, h, e]``
+    (``None`` without ``rel``) and the weights ``[R, K, h]`` (not differentiable)."""
+    return _TritonLocalAttention.apply(q, q_rel, key, value, rel, index, scale)
+
+
+@triton.jit
+def _neighbour_max_kernel(
+    values_ptr, index_ptr, top_ptr, winner_ptr, R, K, C, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr, KEEP: tl.constexpr,
+):  # fmt: skip
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    ks, cs = tl.arange(0, BLOCK_K), tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pair_ok = (rows < R)[:, None] & (ks[None, :] < K)
+    row_c_ok = (rows < R)[:, None] & (cs[None, :] < C)
+    j = tl.load(index_ptr + rows[:, None] * K + ks[None, :], mask=pair_ok, other=0)
+    z = tl.load(values_ptr + j[:, :, None] * C + cs[None, None, :], mask=pair_ok[:, :, None] & (cs[None, None, :] < C),
+                other=float("-inf"))  # (BR, BK, BC)  # fmt: skip
+    top = tl.max(z, axis=1)
+    tl.store(top_ptr + rows[:, None] * C + cs[None, :], top, mask=row_c_ok)
+    if KEEP:  # the last k reaching the maximum, as models.pairs.neighbour_max keeps it
+        winner = tl.max(tl.where(z == top[:, None, :], ks[None, :, None], -1), axis=1)
+        tl.store(winner_ptr + rows[:, None] * C + cs[None, :], winner.to(winner_ptr.dtype.element_ty), mask=row_c_ok)
+
+
+@triton.jit
+def _neighbour_max_backward_kernel(
+    grad_ptr, winner_ptr, index_ptr, g_values_ptr, R, K, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+):  # fmt: skip
+    rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = (rows < R)[:, None] & (cs[None, :] < C)
+    at = rows[:, None] * C + cs[None, :]
+    k = tl.load(winner_ptr + at, mask=ok, other=0).to(tl.int64)
+    j = tl.load(index_ptr + rows[:, None] * K + k, mask=ok, other=0)  # the winning input, (BR, BC)
+    grad = tl.load(grad_ptr + at, mask=ok, other=0.0).to(g_values_ptr.dtype.element_ty)
+    tl.atomic_add(g_values_ptr + j * C + cs[None, :], grad, mask=ok, sem="relaxed")
+
+
+def _max_blocks(R: int, K: int, C: int) -> tuple[dict[str, int], tuple[int, int]]:
+    block_k, block_c = triton.next_power_of_2(K), min(128, triton.next_power_of_2(C))
+    block_r = max(1, min(64, TILE_ELEMENTS // (block_k * block_c)))
+    return dict(BLOCK_R=block_r, BLOCK_C=block_c), (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
+
+
+class _TritonNeighbourMax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, index):  # noqa: ANN001, ANN205
+        (R, K), C = index.shape, values.shape[1]
+        keep = ctx.needs_input_grad[0]
+        top = values.new_empty(R, C)
+        winner = torch.empty(R, C, dtype=torch.int16 if K < 2**15 else torch.int32, device=values.device)
+        blocks, grid = _max_blocks(R, K, C)
+        _neighbour_max_kernel[grid](values, index, top, winner, R, K, C, BLOCK_K=triton.next_power_of_2(K),
+                                    KEEP=keep, **blocks)  # fmt: skip
+        if keep:
+            ctx.save_for_backward(index, winner)
+        ctx.sources, ctx.dtype = values.shape[0], values.dtype
+        return top
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        index, winner = ctx.saved_tensors
+        (R, K), C = index.shape, winner.shape[1]
+        sums = ctx.dtype if ctx.dtype in (torch.float32, torch.float64) else torch.float32  # atomic adds
+        g_values = torch.zeros(ctx.sources, C, dtype=sums, device=grad.device)
+        blocks, grid = _max_blocks(R, K, C)
+        _neighbour_max_backward_kernel[grid](grad.to(ctx.dtype).contiguous(), winner, index, g_values, R, K, C, **blocks)
+        return g_values.to(ctx.dtype), None
+
+
+def triton_neighbour_max(values: Tensor, index: Tensor) -> Tensor:
+    """:func:`models.pairs.neighbour_max` as Triton kernels (contiguous inputs): one pass reads each neighbour's
+    row once and keeps the winning k per row and channel; backward adds each gradient to its winner."""
+    return _TritonNeighbourMax.apply(values, index)

@@ -1,0 +1,107 @@
+"""The Triton kernels of ``models.triton_pairs`` against the formulas and the chunked functions (float64, bf16):
+compiled on CUDA; elsewhere on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``, set by
+``tests/conftest.py`` before Triton is imported)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from models.pairs import _LocalAttention, _NeighbourMax, local_attention, neighbour_max
+from tests.models.test_pairs import _attention_formula
+
+pytest.importorskip("triton", reason="Triton is not installed (the dev extras bring it on Linux x86-64)")
+from models.triton_pairs import triton_local_attention, triton_neighbour_max  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+#: (R, S, K, H, D, E): sizes off the powers of two (masked tiles) and rows spanning several programs.
+SIZES = [(11, 20, 5, 2, 3, 4), (150, 60, 16, 4, 8, 8)]
+
+
+def _inputs(sizes: tuple[int, ...], rel: bool, dtype: torch.dtype, seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    R, S, K, H, D, E = sizes
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(R, H, D), (S, H, D), (S, H, D)] + ([(R, E, H), (R, K, E)] if rel else [])
+    tensors = [torch.randn(*s, generator=g, dtype=torch.float64).to(DEVICE, dtype).requires_grad_() for s in shapes]
+    return tensors, torch.randint(0, S, (R, K), generator=g).to(DEVICE)
+
+
+def _outputs_and_grads(fn, tensors: list[torch.Tensor], index: torch.Tensor, seed: int) -> list[torch.Tensor]:  # noqa: ANN001
+    """out, mixed (if any), weights and the gradients of every input for fixed random output gradients."""
+    q, key, value, *position = tensors
+    out, mixed, weights = fn(q, key, value, index, 0.7, *position)
+    g = torch.Generator().manual_seed(seed)
+    produced = [out] if mixed is None else [out, mixed]
+    grads = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.device, t.dtype) for t in produced]
+    return [*produced, weights, *torch.autograd.grad(produced, tensors, grads)]
+
+
+@pytest.mark.parametrize("sizes", SIZES)
+@pytest.mark.parametrize("rel", [True, False])
+def test_triton_local_attention_equals_its_formula(sizes: tuple[int, ...], rel: bool) -> None:
+    tensors, index = _inputs(sizes, rel, torch.float64, seed=1)
+    got = _outputs_and_grads(triton_local_attention, tensors, index, seed=2)
+    want = _outputs_and_grads(lambda q, k, v, i, s, *p: _attention_formula(q, k, v, i, s, *p), tensors, index, seed=2)
+    want = [w for w in want if w is not None]
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_triton_local_attention_passes_gradcheck() -> None:
+    tensors, index = _inputs(SIZES[0], True, torch.float64, seed=3)
+    q, key, value, q_rel, rel = tensors
+    assert torch.autograd.gradcheck(
+        lambda *t: triton_local_attention(t[0], t[1], t[2], index, 0.7, t[3], t[4])[:2],
+        (q, key, value, q_rel, rel), fast_mode=True,
+    )  # fmt: skip
+
+
+def test_triton_local_attention_sums_bf16_in_float32() -> None:
+    """bf16 inputs: every result within 1 % (relative norm) of the float64 formula, and no further from it than
+    the chunked function's (float32 sums and atomic adds; the chunked function sums products rounded to bf16)."""
+    tensors, index = _inputs(SIZES[1], True, torch.bfloat16, seed=4)
+    got = _outputs_and_grads(triton_local_attention, tensors, index, seed=5)
+    chunked = _outputs_and_grads(lambda q, k, v, i, s, qr, r: _LocalAttention.apply(q, qr, k, v, r, i, s, 64), tensors, index, 5)
+    wide = [t.detach().double().requires_grad_() for t in tensors]
+    want = _outputs_and_grads(lambda q, k, v, i, s, *p: _attention_formula(q, k, v, i, s, *p), wide, index, seed=5)
+    for a, c, b in zip(got, chunked, want, strict=True):
+        assert a.dtype == torch.bfloat16
+        error, chunked_error = ((t.detach().double() - b).norm() / b.norm() for t in (a, c))
+        assert error < 1e-2 and error <= chunked_error
+
+
+def test_triton_neighbour_max_equals_the_chunked_function() -> None:
+    """Same maxima, same winners among ties (the last k), so the same gradients; none kept without grad."""
+    g = torch.Generator().manual_seed(6)
+    values = torch.randn(60, 200, generator=g, dtype=torch.float64).round().to(DEVICE)  # many exact ties
+    index = torch.randint(0, 60, (150, 16), generator=g).to(DEVICE)
+    weights = torch.randn(150, 200, generator=g, dtype=torch.float64).to(DEVICE)
+    results = []
+    for fn in (triton_neighbour_max, lambda v, i: _NeighbourMax.apply(v, i, 7)):
+        leaf = values.clone().requires_grad_()
+        top = fn(leaf, index)
+        results += [top, torch.autograd.grad((top * weights).sum(), leaf)[0]]
+    torch.testing.assert_close(results[0], results[2], rtol=0, atol=0)
+    torch.testing.assert_close(results[1], results[3], rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(triton_neighbour_max(values, index), results[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_dispatch_runs_the_triton_kernels_and_matches_the_cpu() -> None:
+    """On CUDA ``models.pairs`` dispatches to the compiled kernels (stage-sized, float32): they match the CPU."""
+    tensors, index = _inputs((40_000, 20_000, 16, 4, 32, 32), True, torch.float32, seed=7)
+    cpu = [t.detach().cpu().requires_grad_() for t in tensors]
+    attend = lambda q, k, v, i, s, *p: local_attention(q, k, v, i, s, 4096, *p)  # noqa: E731
+    got = _outputs_and_grads(attend, tensors, index, seed=8)
+    assert "models.triton_pairs" in sys.modules and got[0].is_cuda
+    for a, b in zip(got, _outputs_and_grads(attend, cpu, index.cpu(), seed=8), strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+    values = torch.randn(20_000, 128)
+    top = neighbour_max(values.cuda(), index, 4096)
+    torch.testing.assert_close(top.cpu(), neighbour_max(values, index.cpu(), 4096), rtol=0, atol=0)
