@@ -402,6 +402,18 @@ def test_locality_order_is_a_permutation_that_keeps_neighbours_close() -> None:
     assert walk(_rows_of(pos, order)) < 0.3 * walk(pos)
 
 
+def test_locality_order_sorts_by_the_interleaved_bits_of_the_cells() -> None:
+    """The spread-bits code equals its definition: bit i of axis a at bit 3i + a, for every cell index."""
+    from models.spatial import locality_order
+
+    pos = torch.rand(3, 700, 3, dtype=torch.float64)
+    pos[0, :3] = torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0], [1.0, 0.0, 1.0]])  # the extreme cells 0 and 1023
+    lo, hi = pos.amin(1, keepdim=True), pos.amax(1, keepdim=True)
+    cells = ((pos - lo) / (hi - lo) * 1023).round().long()
+    code = sum(((cells[..., a] >> i) & 1) << (3 * i + a) for i in range(10) for a in range(3))
+    assert torch.equal(locality_order(pos), torch.argsort(code, dim=1, stable=True))
+
+
 def _rows_of(pos: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.stack([p[o] for p, o in zip(pos, order)])
 
