@@ -327,7 +327,7 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     label = {k: v[0] for k, v in MODELS.items()}
     cost = results.get("cost", {})
     models = {name: _int_keys(cells) for name, cells in cost.get("models", {}).items()}
-    variants = {name: _int_keys(cells) for name, cells in cost.get("variants", {}).items()}
+    variants = {name: _int_keys(cells) for name, cells in cost.get("variants", {}).items() if cells}
     ops = {op: _int_keys(cells) for op, cells in results.get("ops", {}).items()}
     train = results.get("train", {})
     ref = models.get(REFERENCE, {})

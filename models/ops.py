@@ -96,9 +96,15 @@ def knn(
     if method == "grid" or (method == "auto" and n >= GRID_KNN_MIN_POINTS):
         return grid_knn(query, points, k)
     out = []
-    for q in query.split(chunk_size, dim=1):  # memory O(chunk * N)
-        d = torch.cdist(q, points).pow(2)  # (B, chunk, N)
-        out.append(torch.topk(d, k, dim=-1, largest=False, sorted=True).indices)
+    with torch.autocast(points.device.type, enabled=False):  # distances in float32 at least, never bf16
+        dtype = widest_dtype(torch.float32, query, points)
+        points, query = points.to(dtype), query.to(dtype)
+        points_t, sq_points = points.transpose(1, 2), points.square().sum(-1).unsqueeze(1)  # (B, 3, N), (B, 1, N)
+        for q in query.split(chunk_size, dim=1):  # memory O(chunk * N)
+            # |q − p|² = |p|² − 2 q·p + |q|², one batched matmul (torch.cdist's own formula for these sizes,
+            # without its square root, which the ranking does not need)
+            d = torch.baddbmm(sq_points, q, points_t, alpha=-2).add_(q.square().sum(-1, keepdim=True))  # (B, chunk, N)
+            out.append(torch.topk(d, k, dim=-1, largest=False, sorted=True).indices)
     return torch.cat(out, dim=1)
 
 

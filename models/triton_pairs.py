@@ -15,6 +15,8 @@ Same formulas and shapes as :func:`models.pairs.local_attention` (``q [R, h, d]`
 
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +31,8 @@ NUM_WARPS = 4
 
 @triton.jit
 def _forward_kernel(
-    q_ptr, q_rel_ptr, key_ptr, value_ptr, rel_ptr, index_ptr, out_ptr, mixed_ptr, weights_ptr, R, K, scale,
+    q_ptr, q_rel_ptr, key_ptr, value_ptr, rel_ptr, index_ptr, out_ptr, mixed_ptr, weights_ptr, R, K, scale_hi,
+    scale_lo,
     H: tl.constexpr, D: tl.constexpr, E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, HAS_REL: tl.constexpr, F64: tl.constexpr,
 ):  # fmt: skip
@@ -54,7 +57,7 @@ def _forward_kernel(
         if HAS_REL:
             q_rel = tl.load(q_rel_ptr + rows[:, None] * (E * H) + es[None, :] * H + hh, mask=row_e_ok, other=0.0)
             logits += tl.sum(rel * q_rel.to(ACC)[:, None, :], axis=2)  # + q̃ · r
-        logits = tl.where(pair_ok, logits * scale, float("-inf"))
+        logits = tl.where(pair_ok, logits * scale_hi + logits * scale_lo, float("-inf"))  # scale in two parts
         peak = tl.where(row_ok, tl.max(logits, axis=1), 0.0)
         p = tl.exp(logits - peak[:, None])
         a = p / tl.where(row_ok, tl.sum(p, axis=1), 1.0)[:, None]  # softmax over the K neighbours
@@ -70,7 +73,7 @@ def _forward_kernel(
 @triton.jit
 def _backward_kernel(
     q_ptr, q_rel_ptr, key_ptr, value_ptr, rel_ptr, index_ptr, weights_ptr, g_out_ptr, g_mixed_ptr, g_q_ptr,
-    g_q_rel_ptr, g_key_ptr, g_value_ptr, g_rel_ptr, R, K, scale, H: tl.constexpr, D: tl.constexpr,
+    g_q_rel_ptr, g_key_ptr, g_value_ptr, g_rel_ptr, R, K, scale_hi, scale_lo, H: tl.constexpr, D: tl.constexpr,
     E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     HAS_REL: tl.constexpr, F64: tl.constexpr,
 ):  # fmt: skip
@@ -102,7 +105,8 @@ def _backward_kernel(
             g_m = g_m.to(ACC)
             g_a += tl.sum(rel * g_m[:, None, :], axis=2)  # + r · g_mixed
             g_rel += a[:, :, None] * g_m[:, None, :]
-        g_logits = a * (g_a - tl.sum(a * g_a, axis=1)[:, None]) * scale  # softmax backward, (BR, BK)
+        g_logits = a * (g_a - tl.sum(a * g_a, axis=1)[:, None])
+        g_logits = g_logits * scale_hi + g_logits * scale_lo  # softmax backward, (BR, BK)
         q = tl.load(q_ptr + head, mask=row_d_ok, other=0.0).to(ACC)
         keys = tl.load(key_ptr + source, mask=pair_d_ok, other=0.0).to(ACC)
         tl.store(g_q_ptr + head, tl.sum(keys * g_logits[:, :, None], axis=1).to(g_q_ptr.dtype.element_ty),
@@ -126,6 +130,13 @@ def _blocks(K: int, D: int, E: int) -> dict[str, int]:
     return dict(BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_E=block_e)
 
 
+def _float32_pair(x: float) -> tuple[float, float]:
+    """``x`` as ``hi + lo``, both float32 numbers: Triton hands Python floats to kernels as float32, so a float64
+    scale goes in two parts (``hi·l + lo·l`` is ``x·l`` to about 1e-14)."""
+    hi = struct.unpack("f", struct.pack("f", x))[0]
+    return hi, x - hi
+
+
 class _TritonLocalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, q_rel, key, value, rel, index, scale: float):  # noqa: ANN001, ANN205
@@ -133,13 +144,14 @@ class _TritonLocalAttention(torch.autograd.Function):
         K, E = index.shape[1], 1 if rel is None else rel.shape[-1]
         out, weights = torch.empty_like(q), q.new_empty(R, K, H)
         mixed = None if rel is None else q.new_empty(R, H, E)
+        ctx.scale = _float32_pair(scale)
         meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, **_blocks(K, D, E))
         grid = (triton.cdiv(R, meta["BLOCK_R"]),)
         rel_or_q, q_rel_or_q = (q, q) if rel is None else (rel, q_rel)  # unused pointers when HAS_REL is false
         _forward_kernel[grid](q, q_rel_or_q, key, value, rel_or_q, index, out, out if mixed is None else mixed,
-                              weights, R, K, scale, num_warps=NUM_WARPS, **meta)  # fmt: skip
+                              weights, R, K, *ctx.scale, num_warps=NUM_WARPS, **meta)  # fmt: skip
         ctx.save_for_backward(q, q_rel, key, value, rel, index, weights)
-        ctx.scale, ctx.meta, ctx.grid = scale, meta, grid
+        ctx.meta, ctx.grid = meta, grid
         ctx.mark_non_differentiable(weights)
         return out, mixed, weights
 
@@ -157,7 +169,7 @@ class _TritonLocalAttention(torch.autograd.Function):
             g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
         q_rel_, rel_, g_mixed_, g_q_rel_, g_rel_ = (q, q, q, g_q, g_q) if rel is None else (q_rel, rel, g_mixed, g_q_rel, g_rel)
         _backward_kernel[ctx.grid](q, q_rel_, key, value, rel_, index, weights, g_out, g_mixed_, g_q, g_q_rel_,
-                                   g_key, g_value, g_rel_, R, K, ctx.scale, num_warps=NUM_WARPS, **ctx.meta)  # fmt: skip
+                                   g_key, g_value, g_rel_, R, K, *ctx.scale, num_warps=NUM_WARPS, **ctx.meta)  # fmt: skip
         return g_q, g_q_rel, g_key.to(key.dtype), g_value.to(value.dtype), g_rel, None, None
 
 

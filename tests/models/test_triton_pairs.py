@@ -86,7 +86,8 @@ def test_triton_neighbour_max_equals_the_chunked_function() -> None:
         top = fn(leaf, index)
         results += [top, torch.autograd.grad((top * weights).sum(), leaf)[0]]
     torch.testing.assert_close(results[0], results[2], rtol=0, atol=0)
-    torch.testing.assert_close(results[1], results[3], rtol=0, atol=0)
+    # the same winners; on CUDA both sum a winner's gradients by atomic adds, in an order of their own
+    torch.testing.assert_close(results[1], results[3], rtol=0, atol=1e-12)
     with torch.no_grad():
         torch.testing.assert_close(triton_neighbour_max(values, index), results[2])
 
@@ -101,7 +102,7 @@ def test_cuda_dispatch_runs_the_triton_kernels_and_matches_the_cpu() -> None:
     got = _outputs_and_grads(attend, tensors, index, seed=8)
     assert "models.triton_pairs" in sys.modules and got[0].is_cuda
     for a, b in zip(got, _outputs_and_grads(attend, cpu, index.cpu(), seed=8), strict=True):
-        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
+        assert (a.cpu() - b).norm() / b.norm() < 1e-5  # float32 sums in other orders (atomic adds on CUDA)
     values = torch.randn(20_000, 128)
     top = neighbour_max(values.cuda(), index, 4096)
     torch.testing.assert_close(top.cpu(), neighbour_max(values, index.cpu(), 4096), rtol=0, atol=0)
