@@ -1,18 +1,23 @@
-"""Local attention as two Triton kernels, for CUDA: each neighbour's key and value rows are read once per pass.
+"""The per-pair work as Triton kernels, for CUDA: each neighbour's rows are read once per pass.
 
-The chunked function of ``models.pairs`` writes every per-pair product (``[c, K, h, d]`` gathers, products,
-sums) to memory and reads it back; on a GPU that traffic, not arithmetic, set the step time (docs/operator.md
-§7, *On a GPU*). Here one program takes a block of rows (centroids) and, head by head, gathers its K key
-rows, forms the logits, the softmax and the weighted sum of the value rows in registers, and writes only the
-per-row results and the weights ``[R, K, h]``. The backward kernel gathers the rows again and adds the key and
-value gradients into their ``[S, C]`` sources with atomic adds (float32 buffers under bf16 or fp16).
+The chunked functions of ``models.pairs`` write every per-pair product (``[c, K, h, d]`` gathers, products,
+sums) to memory and read it back; on a GPU that traffic, not arithmetic, set the step time (docs/operator.md
+§7, *On a GPU*).
 
-Same formulas and shapes as :func:`models.pairs.local_attention` (``q [R, h, d]``, ``key/value [S, h, d]``,
-``index [R, K]``, position terms ``q_rel [R, e, h]`` and ``rel [R, K, e]``); sums are accumulated in float32
-(float64 for float64 inputs). Tested against the chunked function on the CPU through Triton's interpreter
-(``TRITON_INTERPRET=1``) and on CUDA (``pytest -m gpu``).
+**Local attention** (:func:`triton_local_attention`): one program takes a block of rows (centroids) and, head
+by head, gathers its K key rows, forms the logits, the softmax and the weighted sum of the value rows in
+registers, and writes only the per-row results and the weights ``[R, K, h]``. The backward kernel gathers the
+rows again and adds the key and value gradients into their ``[S, C]`` sources with atomic adds (float32
+buffers under bf16 or fp16). Same formulas and shapes as :func:`models.pairs.local_attention` (``q [R, h, d]``,
+``key/value [S, h, d]``, ``index [R, K]``, position terms ``q_rel [R, e, h]`` and ``rel [R, K, e]``); sums are
+accumulated in float32 (float64 for float64 inputs).
+
+**Neighbour max** (:func:`triton_neighbour_max`): :func:`models.pairs.neighbour_max` in one pass, keeping the
+winning neighbour of each row and channel; backward adds each gradient to its winner.
+
+Tested against the formulas and the chunked functions on the CPU through Triton's interpreter
+(``TRITON_INTERPRET=1``) and, compiled, on CUDA (tests/models/test_triton_pairs.py).
 """
-
 from __future__ import annotations
 
 import struct
@@ -167,7 +172,8 @@ class _TritonLocalAttention(torch.autograd.Function):
         if rel is not None:
             g_mixed = g_mixed.to(q.dtype).contiguous() if g_mixed is not None else q.new_zeros(R, q.shape[1], rel.shape[-1])
             g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
-        q_rel_, rel_, g_mixed_, g_q_rel_, g_rel_ = (q, q, q, g_q, g_q) if rel is None else (q_rel, rel, g_mixed, g_q_rel, g_rel)
+        position = (q_rel, rel, g_mixed, g_q_rel, g_rel) if rel is not None else (q,) * 5  # unused pointers without rel
+        q_rel_, rel_, g_mixed_, g_q_rel_, g_rel_ = position
         _backward_kernel[ctx.grid](q, q_rel_, key, value, rel_, index, weights, g_out, g_mixed_, g_q, g_q_rel_,
                                    g_key, g_value, g_rel_, R, K, *ctx.scale, num_warps=NUM_WARPS, **ctx.meta)  # fmt: skip
         return g_q, g_q_rel, g_key.to(key.dtype), g_value.to(value.dtype), g_rel, None, None
