@@ -160,19 +160,23 @@ def _predicted_s(done: list[tuple[int, float]], n: int) -> float | None:
 
 def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: str, python: str | None = None,
           ratios: list[int] = list(RATIOS), steps: int = 2, options: dict | None = None) -> dict:  # noqa: B006 -- never mutated
-    """Cells of ``names`` over their sizes, ascending; sizes past a failure or the time limit are skipped."""
-    results: dict[str, dict[int, dict]] = {}
-    for name in names:
-        results[name], done, stop = {}, [], None
-        for n in sizes_of[name]:
-            guess = _predicted_s(done, n)
-            if stop:
-                results[name][n] = {"error": stop}
+    """Cells of ``names`` over their sizes, ascending; sizes past a failure or the time limit are skipped.
+
+    Size-major: every model's cell at one N runs before any cell at the next N, so the cells a ratio compares
+    run minutes apart at most (a shared machine's speed drifts over a long sweep)."""
+    results: dict[str, dict[int, dict]] = {name: {} for name in names}
+    done: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
+    stop: dict[str, str | None] = {name: None for name in names}
+    for n in sorted({n for name in names for n in sizes_of[name]}):
+        for name in (m for m in names if n in sizes_of[m]):
+            guess = _predicted_s(done[name], n)
+            if stop[name]:
+                results[name][n] = {"error": stop[name]}
                 continue
             # a cell takes about: warm-up step + timed budget + inference warm-up + FLOPs forward
             if guess is not None and 3 * guess + cfg.cell_budget_s > cfg.cell_timeout_s:
-                stop = f"skipped: predicted {guess:.0f} s per step from smaller N exceeds the {cfg.cell_timeout_s:.0f} s limit"
-                results[name][n] = {"error": stop}
+                stop[name] = f"skipped: predicted {guess:.0f} s per step from smaller N exceeds the {cfg.cell_timeout_s:.0f} s limit"
+                results[name][n] = {"error": stop[name]}
                 continue
             spec = CellSpec(name, n, cfg.batch, cfg.repeats, cfg.cell_budget_s, cfg.threads, cfg.device,
                             compile=cfg.compile, ratios=ratios, steps=steps, options=options or {})  # fmt: skip
@@ -181,10 +185,10 @@ def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: st
             results[name][n] = res
             print(f"[benchmark]   -> {res.get('error') or res.get('train_ms') or res.get('op_ms'):.6}", flush=True)
             if res.get("error"):
-                stop = f"skipped: N={n} failed ({res['error']})"
+                stop[name] = f"skipped: N={n} failed ({res['error']})"
             else:
-                done.append((n, res[key] / 1e3))
-    return results
+                done[name].append((n, res[key] / 1e3))
+    return {name: dict(sorted(cells.items())) for name, cells in results.items()}
 
 
 def run_cost(cfg: Config) -> dict:

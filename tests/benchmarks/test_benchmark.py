@@ -173,3 +173,24 @@ def test_compiled_cells_are_kept_as_a_variant_beside_the_eager_ones(monkeypatch)
     cfg = bench.Config(sizes=[128], local_sizes=[], models=["centroid_local", "pointnet2"], compile=True)
     assert bench.run_cost(cfg) == {"models": {}, "variants": {bench.COMPILED: {128: {"train_ms": 1.0}},
                                                               f"pointnet2@{bench.COMPILED}": {128: {"train_ms": 1.0}}}}
+
+
+def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_failure(monkeypatch) -> None:
+    """Size-major order (the cells a ratio compares run back to back); a model stops at its first failure."""
+    import app.benchmark as bench
+
+    calls = []
+
+    def fake_child(module: str, payload: dict, cfg, python=None) -> dict:  # noqa: ANN001
+        calls.append((payload["name"], payload["num_points"]))
+        failed = payload["name"] == "pointnet2" and payload["num_points"] == 256
+        return {"error": "out of memory"} if failed else {"train_ms": payload["num_points"] / 100}
+
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    cfg = bench.Config(cell_timeout_s=1e6)
+    sizes = {"centroid_local": [128, 256, 512, 1024], "pointnet2": [128, 256, 512]}
+    out = bench.sweep(["centroid_local", "pointnet2"], sizes, cfg, "train_ms")
+    assert calls == [("centroid_local", 128), ("pointnet2", 128), ("centroid_local", 256), ("pointnet2", 256),
+                     ("centroid_local", 512), ("centroid_local", 1024)]  # fmt: skip
+    assert list(out["centroid_local"]) == [128, 256, 512, 1024] and out["centroid_local"][1024]["train_ms"] == 10.24
+    assert out["pointnet2"][512] == {"error": "skipped: N=256 failed (out of memory)"}
