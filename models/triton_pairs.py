@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from models.ops import widest_dtype
+
 #: Elements of one program's gathered tile (rows × K × head width) and warps per program: the fastest of five
 #: settings (tiles of 1024-4096 elements, 4 or 8 warps) at the benchmark's stage shapes on an H200, fwd+bwd
 #: 3.3× faster than the chunked function there (docs/operator.md §7).
@@ -165,7 +167,7 @@ class _TritonLocalAttention(torch.autograd.Function):
         q, q_rel, key, value, rel, index, weights = ctx.saved_tensors
         R, K = index.shape
         g_out = g_out.to(q.dtype).contiguous()  # compiled graphs may hand gradients over in another dtype
-        sums = q.dtype if q.dtype in (torch.float32, torch.float64) else torch.float32  # atomic adds in float32
+        sums = widest_dtype(q, torch.float32)  # atomic adds in float32 at least
         g_key = torch.zeros(key.shape, dtype=sums, device=key.device)
         g_value = torch.zeros(value.shape, dtype=sums, device=value.device)
         g_q, g_q_rel, g_rel = torch.empty_like(q), None, None
@@ -247,7 +249,7 @@ class _TritonNeighbourMax(torch.autograd.Function):
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         index, winner = ctx.saved_tensors
         (R, K), C = index.shape, winner.shape[1]
-        sums = ctx.dtype if ctx.dtype in (torch.float32, torch.float64) else torch.float32  # atomic adds
+        sums = widest_dtype(ctx.dtype, torch.float32)  # atomic adds in float32 at least
         g_values = torch.zeros(ctx.sources, C, dtype=sums, device=grad.device)
         blocks, grid = _max_blocks(R, K, C)
         _neighbour_max_backward_kernel[grid](grad.to(ctx.dtype).contiguous(), winner, index, g_values, R, K, C, **blocks)
