@@ -178,30 +178,3 @@ def csr_local_attention(
         out, mixed, weights = _CSRLocalAttention.apply(*cast, pattern, scale)
     mixed = None if mixed is None else mixed.to(dtype)
     return out.to(dtype), mixed, weights.to(dtype).transpose(1, 2)
-
-
-class _NeighbourSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, pattern: Pattern):  # noqa: ANN001, ANN205
-        ctx.pattern = pattern
-        return pattern.matrix(_ones(pattern, values)) @ values
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        pattern = ctx.pattern
-        return pattern.transposed(_ones(pattern, grad)) @ grad.contiguous(), None
-
-
-def _ones(pattern: Pattern, like: Tensor) -> Tensor:
-    return like.new_ones(pattern.rows, pattern.heads, pattern.k)
-
-
-def neighbour_sum(values: Tensor, index: Tensor) -> Tensor:
-    """``Σ_k values[index[r, k]]`` per row: values ``[S, C]``, index ``[R, K]`` long → ``[R, C]``.
-
-    A sparse product in both directions (the backward's scatter is the transposed pattern's SpMM) where the
-    sparse kernels run (:func:`use_sparse`); elsewhere a gather and a sum, which write an ``[R, K, C]`` tensor.
-    """
-    if not use_sparse(values.device):
-        return values[index].sum(1)
-    return _NeighbourSum.apply(values.contiguous(), Pattern(index, values.shape[0], 1))

@@ -8,6 +8,11 @@ in backward gather each chunk again and add the feature gradients straight into 
 (docs/operator.md §7). Exact: the same sums in another order, tested in float64 against the autograd
 formulas and with ``gradcheck``.
 
+Local attention and the neighbour max are custom operators (``torch.library.custom_op``, namespace
+``centroid``), forward and backward each one operator that runs the chunked loop here or the Triton kernels
+of ``models.triton_pairs``: ``torch.compile`` keeps each whole instead of unrolling the loop or tracing the
+kernel launches.
+
 **Local attention** (:func:`local_attention`). Each row attends to K inputs given by a flat index into the
 shared keys and values. Per head, with the position code's hidden layer ``r_rk`` (width e) and
 ``q̃_r = W_2ᵀ q_r`` (docs/operator.md §2, §7):
@@ -36,7 +41,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.csr import neighbour_sum
 from models.ops import widest_dtype
 
 #: Triton ships with the CUDA builds of torch: on CUDA, local attention and the neighbour max run as its fused
@@ -59,56 +63,125 @@ def chunk_rows(rows: int, per_row: int, device: torch.device, max_rows: int | No
     return max(1, min(rows, limit))
 
 
-class _LocalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, q_rel, key, value, rel, index, scale: float, chunk: int):  # noqa: ANN001, ANN205
-        R, h, d = q.shape
-        K = index.shape[1]
-        out, weights = q.new_empty(R, h, d), q.new_empty(R, K, h)
-        mixed = None if rel is None else q.new_empty(R, h, rel.shape[-1])
-        for s in range(0, R, chunk):
-            rows, flat = slice(s, s + chunk), index[s : s + chunk].reshape(-1)
-            logits = (key.index_select(0, flat).view(-1, K, h, d) * q[rows].unsqueeze(1)).sum(-1)  # (c, K, h)
-            if rel is not None:
-                logits.baddbmm_(rel[rows], q_rel[rows])  # + q̃ · r
-            a = (logits * scale).softmax(dim=1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
-            weights[rows] = a
-            out[rows] = (value.index_select(0, flat).view(-1, K, h, d) * a.unsqueeze(-1)).sum(1)
-            if rel is not None:
-                torch.bmm(a.transpose(1, 2), rel[rows], out=mixed[rows])
-        ctx.save_for_backward(q, q_rel, key, value, rel, index, weights)
-        ctx.scale, ctx.chunk = scale, chunk
-        ctx.mark_non_differentiable(weights)
-        return out, mixed, weights
-
-    @staticmethod
-    def backward(ctx, g_out, g_mixed, _g_weights):  # noqa: ANN001, ANN205
-        q, q_rel, key, value, rel, index, weights = ctx.saved_tensors
-        R, h, d = q.shape
-        K, C = index.shape[1], h * d
-        g_out = g_out.to(q.dtype).contiguous()  # compiled graphs may hand gradients over in another dtype
-        g_q, g_key, g_value = torch.empty_like(q), torch.zeros_like(key), torch.zeros_like(value)
-        g_q_rel = g_rel = None
+def _chunked_attention(q, q_rel, key, value, rel, index, scale: float, chunk: int):  # noqa: ANN001, ANN202
+    """The forward of :func:`local_attention`, chunked over rows: ``out``, ``mixed`` (``None`` without rel), weights."""
+    R, h, d = q.shape
+    K = index.shape[1]
+    out, weights = q.new_empty(R, h, d), q.new_empty(R, K, h)
+    mixed = None if rel is None else q.new_empty(R, h, rel.shape[-1])
+    for s in range(0, R, chunk):
+        rows, flat = slice(s, s + chunk), index[s : s + chunk].reshape(-1)
+        logits = (key.index_select(0, flat).view(-1, K, h, d) * q[rows].unsqueeze(1)).sum(-1)  # (c, K, h)
         if rel is not None:
-            g_mixed = g_mixed.to(q.dtype).contiguous() if g_mixed is not None else q.new_zeros(R, h, rel.shape[-1])
-            g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
-        for s in range(0, R, ctx.chunk):
-            rows, flat = slice(s, s + ctx.chunk), index[s : s + ctx.chunk].reshape(-1)
-            a, go = weights[rows], g_out[rows]
-            g_a = (value.index_select(0, flat).view(-1, K, h, d) * go.unsqueeze(1)).sum(-1)  # (c, K, h)
-            wide = flat.unsqueeze(1).expand(-1, C)  # scatter index over the C = h·d channels
-            g_value.view(-1, C).scatter_add_(0, wide, (a.unsqueeze(-1) * go.unsqueeze(1)).view(-1, C))
-            if rel is not None:
-                gm = g_mixed[rows]
-                g_a.baddbmm_(rel[rows], gm.transpose(1, 2))  # + r · g_mixed
-                torch.bmm(a, gm, out=g_rel[rows])
-            g_logits = a * (g_a - (a * g_a).sum(1, keepdim=True)) * ctx.scale  # softmax backward, (c, K, h)
-            g_q[rows] = (key.index_select(0, flat).view(-1, K, h, d) * g_logits.unsqueeze(-1)).sum(1)
-            g_key.view(-1, C).scatter_add_(0, wide, (g_logits.unsqueeze(-1) * q[rows].unsqueeze(1)).view(-1, C))
-            if rel is not None:
-                torch.bmm(rel[rows].transpose(1, 2), g_logits, out=g_q_rel[rows])
-                g_rel[rows].baddbmm_(g_logits, q_rel[rows].transpose(1, 2))
-        return g_q, g_q_rel, g_key, g_value, g_rel, None, None, None
+            logits.baddbmm_(rel[rows], q_rel[rows])  # + q̃ · r
+        a = (logits * scale).softmax(dim=1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+        weights[rows] = a
+        out[rows] = (value.index_select(0, flat).view(-1, K, h, d) * a.unsqueeze(-1)).sum(1)
+        if rel is not None:
+            torch.bmm(a.transpose(1, 2), rel[rows], out=mixed[rows])
+    return out, mixed, weights
+
+
+def _chunked_attention_backward(  # noqa: ANN202
+    g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale: float, chunk: int,  # noqa: ANN001
+):
+    """The backward of :func:`local_attention`, chunked over rows: the gradients of q, q_rel, key, value, rel."""
+    R, h, d = q.shape
+    K, C = index.shape[1], h * d
+    g_q, g_key, g_value = torch.empty_like(q), torch.zeros_like(key), torch.zeros_like(value)
+    g_q_rel = g_rel = None
+    if rel is not None:
+        g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
+    for s in range(0, R, chunk):
+        rows, flat = slice(s, s + chunk), index[s : s + chunk].reshape(-1)
+        a, go = weights[rows], g_out[rows]
+        g_a = (value.index_select(0, flat).view(-1, K, h, d) * go.unsqueeze(1)).sum(-1)  # (c, K, h)
+        wide = flat.unsqueeze(1).expand(-1, C)  # scatter index over the C = h·d channels
+        g_value.view(-1, C).scatter_add_(0, wide, (a.unsqueeze(-1) * go.unsqueeze(1)).view(-1, C))
+        if rel is not None:
+            gm = g_mixed[rows]
+            g_a.baddbmm_(rel[rows], gm.transpose(1, 2))  # + r · g_mixed
+            torch.bmm(a, gm, out=g_rel[rows])
+        g_logits = a * (g_a - (a * g_a).sum(1, keepdim=True)) * scale  # softmax backward, (c, K, h)
+        g_q[rows] = (key.index_select(0, flat).view(-1, K, h, d) * g_logits.unsqueeze(-1)).sum(1)
+        g_key.view(-1, C).scatter_add_(0, wide, (g_logits.unsqueeze(-1) * q[rows].unsqueeze(1)).view(-1, C))
+        if rel is not None:
+            torch.bmm(rel[rows].transpose(1, 2), g_logits, out=g_q_rel[rows])
+            g_rel[rows].baddbmm_(g_logits, q_rel[rows].transpose(1, 2))
+    return g_q, g_q_rel, g_key, g_value, g_rel
+
+
+def _none_if_empty(t: Tensor) -> Tensor | None:
+    return None if t.numel() == 0 and t.dim() == 1 else t
+
+
+def _empty_if_none(t: Tensor | None, like: Tensor) -> Tensor:
+    """Custom operators return tensors only: an absent result travels as an empty 1-d tensor."""
+    return like.new_empty(0) if t is None else t
+
+
+@torch.library.custom_op("centroid::local_attention", mutates_args=())
+def _attention_op(
+    q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor, rel: Tensor | None, index: Tensor, scale: float,
+    chunk: int, triton: bool,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    if triton:
+        from models.triton_pairs import triton_attention  # imports Triton: on CUDA (or its interpreter) only
+
+        out, mixed, weights = triton_attention(q, q_rel, key, value, rel, index, scale)
+    else:
+        out, mixed, weights = _chunked_attention(q, q_rel, key, value, rel, index, scale, chunk)
+    return out, _empty_if_none(mixed, q), weights
+
+
+@_attention_op.register_fake
+def _(q, q_rel, key, value, rel, index, scale, chunk, triton):  # noqa: ANN001, ANN202
+    (R, h, d), K = q.shape, index.shape[1]
+    mixed = q.new_empty(0) if rel is None else q.new_empty(R, h, rel.shape[-1])
+    return q.new_empty(R, h, d), mixed, q.new_empty(R, K, h)
+
+
+@torch.library.custom_op("centroid::local_attention_backward", mutates_args=())
+def _attention_backward_op(
+    g_out: Tensor, g_mixed: Tensor | None, q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor,
+    rel: Tensor | None, index: Tensor, weights: Tensor, scale: float, chunk: int, triton: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    g_out = g_out.to(q.dtype).contiguous()  # compiled graphs may hand gradients over in another dtype
+    if rel is not None:
+        g_mixed = q.new_zeros(*q.shape[:2], rel.shape[-1]) if g_mixed is None else g_mixed.to(q.dtype).contiguous()
+    saved = (g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale)
+    if triton:
+        from models.triton_pairs import triton_attention_backward  # imports Triton: on CUDA only
+
+        g_q, g_q_rel, g_key, g_value, g_rel = triton_attention_backward(*saved)
+    else:
+        g_q, g_q_rel, g_key, g_value, g_rel = _chunked_attention_backward(*saved, chunk)
+    return g_q, _empty_if_none(g_q_rel, q), g_key, g_value, _empty_if_none(g_rel, q)
+
+
+@_attention_backward_op.register_fake
+def _(g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale, chunk, triton):  # noqa: ANN001, ANN202
+    position = (q.new_empty(0), q.new_empty(0)) if rel is None else (torch.empty_like(q_rel), torch.empty_like(rel))
+    return torch.empty_like(q), position[0], torch.empty_like(key), torch.empty_like(value), position[1]
+
+
+def _attention_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    q, q_rel, key, value, rel, index, scale, chunk, triton = inputs
+    ctx.save_for_backward(q, q_rel, key, value, rel, index, output[2])
+    ctx.scale, ctx.chunk, ctx.triton = scale, chunk, triton
+    ctx.mark_non_differentiable(output[2])
+
+
+def _attention_grad(ctx, g_out, g_mixed, _g_weights):  # noqa: ANN001, ANN202
+    q, q_rel, key, value, rel, index, weights = ctx.saved_tensors
+    g_mixed = None if rel is None else g_mixed
+    g_q, g_q_rel, g_key, g_value, g_rel = _attention_backward_op(
+        g_out, g_mixed, q, q_rel, key, value, rel, index, weights, ctx.scale, ctx.chunk, ctx.triton
+    )  # fmt: skip
+    return g_q, _none_if_empty(g_q_rel), g_key, g_value, _none_if_empty(g_rel), None, None, None, None
+
+
+_attention_op.register_autograd(_attention_grad, setup_context=_attention_setup)
 
 
 def local_attention(
@@ -120,6 +193,8 @@ def local_attention(
     chunk: int,
     q_rel: Tensor | None = None,
     rel: Tensor | None = None,
+    *,
+    triton: bool | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Softmax attention of each row's query on its K indexed keys, chunked over rows (module docstring).
 
@@ -129,19 +204,19 @@ def local_attention(
         returns ``out [R, h, d]``, ``mixed [R, h, e]`` (``None`` without rel) and the weights ``[R, K, h]``
         (not differentiable).
 
-    Under autocast every input is cast to the widest of their dtypes; the softmax runs in float32 at least.
+    ``triton``: run the Triton kernels of ``models.triton_pairs`` instead of the chunked function (default:
+    :func:`use_triton`). Either runs as one custom operator, forward and backward, which ``torch.compile`` keeps
+    whole rather than tracing into its loops or kernel launches. Under autocast every input is cast to the
+    widest of their dtypes; the softmax runs in float32 at least.
     """
     if (q_rel is None) != (rel is None):
         raise ValueError("q_rel and rel are the position-code terms: give both or neither")
     dtype = widest_dtype(q, key, value, q_rel, rel)
-    cast = [None if t is None else t.to(dtype).contiguous() for t in (q, q_rel, key, value, rel)]
+    q, q_rel, key, value, rel = (None if t is None else t.to(dtype).contiguous() for t in (q, q_rel, key, value, rel))
+    triton = use_triton(q.device) if triton is None else triton
     with torch.autocast(q.device.type, enabled=False):
-        if use_triton(q.device):
-            from models.triton_pairs import triton_local_attention  # imports Triton: on CUDA only
-
-            q, q_rel, key, value, rel = cast
-            return triton_local_attention(q, key, value, index.contiguous(), scale, q_rel, rel)
-        return _LocalAttention.apply(*cast, index.contiguous(), scale, chunk)
+        out, mixed, weights = _attention_op(q, q_rel, key, value, rel, index.contiguous(), scale, chunk, triton)
+    return out, _none_if_empty(mixed), weights
 
 
 class _KNNMaxPool(torch.autograd.Function):
@@ -213,47 +288,86 @@ def knn_max_pool(
         return _KNNMaxPool.apply(*cast, index.contiguous(), norm.eps, chunk)
 
 
-class _NeighbourMax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, index, chunk: int):  # noqa: ANN001, ANN205
-        (R, K), C = index.shape, values.shape[1]
-        top = values.new_empty(R, C)
-        keep = ctx.needs_input_grad[0]  # which neighbour wins each channel, for backward only
-        winner = values.new_empty(R, C) if keep else None
-        rank = torch.arange(1, K + 1, dtype=values.dtype, device=values.device).view(1, K, 1)
-        for s in range(0, R, chunk):
-            rows = slice(s, s + chunk)
-            z = values.index_select(0, index[rows].reshape(-1)).view(-1, K, C)  # (c, K, C)
-            torch.amax(z, dim=1, out=top[rows])
-            if keep:  # 1 + the last k reaching the max; in place on the chunk (measured 4× faster than argmax)
-                torch.amax(z.sub_(top[rows].unsqueeze(1)).eq_(0).mul_(rank), dim=1, out=winner[rows])
-        if keep:
-            small = torch.int16 if K < 2**15 else torch.int32
-            ctx.save_for_backward(index, winner.sub_(1).to(small))
-        ctx.sources, ctx.dtype = values.shape[0], values.dtype
-        return top
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        index, winner = ctx.saved_tensors
-        R, C = winner.shape
-        j = index.gather(1, winner.long())  # the winning input of each row and channel, (R, C)
-        flat = (j * C + torch.arange(C, device=j.device)).view(-1)
-        grad = grad.to(ctx.dtype).contiguous()  # compiled graphs may pass another dtype
-        g_values = grad.new_zeros(ctx.sources * C).index_add_(0, flat, grad.view(-1))
-        return g_values.view(ctx.sources, C), None, None
+def _chunked_neighbour_max(values: Tensor, index: Tensor, chunk: int, keep: bool) -> tuple[Tensor, Tensor | None]:
+    """The forward of :func:`neighbour_max`, chunked over rows: the maxima and (``keep``) the winning k."""
+    (R, K), C = index.shape, values.shape[1]
+    top = values.new_empty(R, C)
+    winner = values.new_empty(R, C) if keep else None
+    rank = torch.arange(1, K + 1, dtype=values.dtype, device=values.device).view(1, K, 1)
+    for s in range(0, R, chunk):
+        rows = slice(s, s + chunk)
+        z = values.index_select(0, index[rows].reshape(-1)).view(-1, K, C)  # (c, K, C)
+        torch.amax(z, dim=1, out=top[rows])
+        if keep:  # 1 + the last k reaching the max; in place on the chunk (measured 4× faster than argmax)
+            torch.amax(z.sub_(top[rows].unsqueeze(1)).eq_(0).mul_(rank), dim=1, out=winner[rows])
+    return top, None if winner is None else winner.sub_(1).to(winner_dtype(K))
 
 
-def neighbour_max(values: Tensor, index: Tensor, chunk: int) -> Tensor:
+def winner_dtype(k: int) -> torch.dtype:
+    """The winning k of each row and channel is kept as a small integer."""
+    return torch.int16 if k < 2**15 else torch.int32
+
+
+@torch.library.custom_op("centroid::neighbour_max", mutates_args=())
+def _neighbour_max_op(values: Tensor, index: Tensor, chunk: int, keep: bool, triton: bool) -> tuple[Tensor, Tensor]:
+    if triton:
+        from models.triton_pairs import triton_neighbour_max  # imports Triton: on CUDA (or its interpreter) only
+
+        top, winner = triton_neighbour_max(values, index, keep)
+    else:
+        top, winner = _chunked_neighbour_max(values, index, chunk, keep)
+    return top, _empty_if_none(winner, index)
+
+
+@_neighbour_max_op.register_fake
+def _(values, index, chunk, keep, triton):  # noqa: ANN001, ANN202
+    (R, K), C = index.shape, values.shape[1]
+    winner = index.new_empty(R, C, dtype=winner_dtype(K)) if keep else index.new_empty(0)
+    return values.new_empty(R, C), winner
+
+
+@torch.library.custom_op("centroid::neighbour_max_backward", mutates_args=())
+def _neighbour_max_backward_op(grad: Tensor, index: Tensor, winner: Tensor, sources: int, triton: bool) -> Tensor:
+    if triton:
+        from models.triton_pairs import triton_neighbour_max_backward  # imports Triton: on CUDA only
+
+        return triton_neighbour_max_backward(grad.contiguous(), index, winner, sources)
+    C = winner.shape[1]
+    j = index.gather(1, winner.long())  # the winning input of each row and channel, (R, C)
+    flat = (j * C + torch.arange(C, device=j.device)).view(-1)
+    return grad.new_zeros(sources * C).index_add_(0, flat, grad.contiguous().view(-1)).view(sources, C)
+
+
+@_neighbour_max_backward_op.register_fake
+def _(grad, index, winner, sources, triton):  # noqa: ANN001, ANN202
+    return grad.new_empty(sources, winner.shape[1])
+
+
+def _neighbour_max_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    values, index, _chunk, _keep, triton = inputs
+    ctx.save_for_backward(index, output[1])
+    ctx.sources, ctx.dtype, ctx.triton = values.shape[0], values.dtype, triton
+    ctx.mark_non_differentiable(output[1])
+
+
+def _neighbour_max_grad(ctx, grad, _g_winner):  # noqa: ANN001, ANN202
+    index, winner = ctx.saved_tensors
+    grad = grad.to(ctx.dtype)  # compiled graphs may pass another dtype
+    return _neighbour_max_backward_op(grad, index, winner, ctx.sources, ctx.triton), None, None, None, None
+
+
+_neighbour_max_op.register_autograd(_neighbour_max_grad, setup_context=_neighbour_max_setup)
+
+
+def neighbour_max(values: Tensor, index: Tensor, chunk: int, *, triton: bool | None = None) -> Tensor:
     """``max_k values[index[r, k]]`` per row and channel, chunked over rows: values ``[S, C]``, index ``[R, K]``
     long → ``[R, C]``. Backward routes each row's channel gradient to one winner (the last k among ties; a
     subgradient), remembered in forward as a small integer per row and channel, so backward is one scatter.
-    On CUDA two Triton kernels do the same (``models.triton_pairs``)."""
-    if use_triton(values.device):
-        from models.triton_pairs import triton_neighbour_max  # imports Triton: on CUDA only
-
-        return triton_neighbour_max(values.contiguous(), index.contiguous())
-    return _NeighbourMax.apply(values.contiguous(), index.contiguous(), chunk)
+    ``triton``: run the Triton kernels of ``models.triton_pairs`` (default: :func:`use_triton`); either way one
+    custom operator, forward and backward, as :func:`local_attention`."""
+    triton = use_triton(values.device) if triton is None else triton
+    keep = values.requires_grad and torch.is_grad_enabled()  # the winners are kept for backward only
+    return _neighbour_max_op(values.contiguous(), index.contiguous(), chunk, keep, triton)[0]
 
 
 def knn_batchnorm_max_pool(
@@ -266,7 +380,8 @@ def knn_batchnorm_max_pool(
     The pair feature splits as z_rk = b_j − c_r with b = source + W_p p (per input) and c = W_p p_r (per row),
     and BN is an affine map per channel with gain a = γ/σ, so the max over k is taken at max_k b_j where a ≥ 0
     and at min_k b_j = −max_k(−b_j) where a < 0 (:func:`neighbour_max`). The batch statistics are sums over
-    pairs of b_j, b_j² and c_r·b_j: counts per input and one neighbour sum (docs/operator.md §7).
+    pairs of b_j, b_j² and c_r·b_j: per input, the number of its pairs and the sum of their rows' positions
+    (c_r is linear in p_r), so nothing wider than 4 values is summed over the pairs (docs/operator.md §7).
 
     Shapes: source ``[S, C]``; points ``[S, 3]`` (p_j); centres ``[R, 3]`` (p_r); w_pos ``[C, 3]``; index
     ``[R, K]`` long in ``[0, S)`` → ``[R, C]``. Training mode uses the batch's statistics and updates the
@@ -282,10 +397,14 @@ def knn_batchnorm_max_pool(
         extreme = neighbour_max(b * sign, index, chunk) * sign - c  # z at each row's extreme pair, (R, C)
         if norm.training or norm.running_mean is None:
             pairs = R * K
-            count = b.new_zeros(S).index_add_(0, index.reshape(-1), b.new_ones(pairs))  # pairs per input
+            # per input j: the number of pairs it is in, n_j, and the sum of their rows' positions, P_j
+            rows = torch.cat([centres.to(dtype), b.new_ones(R, 1)], dim=1)  # (R, 4): p_r, 1
+            counts = b.new_zeros(S, 4).index_add_(0, index.reshape(-1), rows.repeat_interleave(K, dim=0))
+            count = counts[:, 3]
             mean = (count @ b - K * c.sum(0)) / pairs
             centred = b - mean  # the sums below then add no large terms that cancel
-            cross = (c * neighbour_sum(centred, index)).sum(0)  # Σ_pairs c_r (b_j − μ)
+            # Σ_pairs c_r (b_j − μ) = Σ_j (W_p P_j)·(b_j − μ): c_r = W_p p_r is linear in the 3 coordinates
+            cross = (w_pos * (counts[:, :3].t() @ centred).t()).sum(1)
             var = ((count @ centred.square() - 2 * cross + K * c.square().sum(0)) / pairs).clamp_min(0)
             if norm.training and norm.running_mean is not None:  # as nn.BatchNorm1d: unbiased, momentum
                 with torch.no_grad():

@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from models.ops import widest_dtype
+from models.pairs import winner_dtype
 
 #: Elements of one program's gathered tile (rows × K × head width) and warps per program: the fastest of five
 #: settings (tiles of 1024-4096 elements, 4 or 8 warps) at the benchmark's stage shapes on an H200, fwd+bwd
@@ -144,51 +145,45 @@ def _float32_pair(x: float) -> tuple[float, float]:
     return hi, x - hi
 
 
-class _TritonLocalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, q_rel, key, value, rel, index, scale: float):  # noqa: ANN001, ANN205
-        R, H, D = q.shape
-        K, E = index.shape[1], 1 if rel is None else rel.shape[-1]
-        out, weights = torch.empty_like(q), q.new_empty(R, K, H)
-        mixed = None if rel is None else q.new_empty(R, H, E)
-        ctx.scale = _float32_pair(scale)
-        meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, **_blocks(K, D, E))
-        grid = (triton.cdiv(R, meta["BLOCK_R"]),)
-        rel_or_q, q_rel_or_q = (q, q) if rel is None else (rel, q_rel)  # unused pointers when HAS_REL is false
-        _forward_kernel[grid](q, q_rel_or_q, key, value, rel_or_q, index, out, out if mixed is None else mixed,
-                              weights, R, K, *ctx.scale, num_warps=NUM_WARPS, **meta)  # fmt: skip
-        ctx.save_for_backward(q, q_rel, key, value, rel, index, weights)
-        ctx.meta, ctx.grid = meta, grid
-        ctx.mark_non_differentiable(weights)
-        return out, mixed, weights
-
-    @staticmethod
-    def backward(ctx, g_out, g_mixed, _g_weights):  # noqa: ANN001, ANN205
-        q, q_rel, key, value, rel, index, weights = ctx.saved_tensors
-        R, K = index.shape
-        g_out = g_out.to(q.dtype).contiguous()  # compiled graphs may hand gradients over in another dtype
-        sums = widest_dtype(q, torch.float32)  # atomic adds in float32 at least
-        g_key = torch.zeros(key.shape, dtype=sums, device=key.device)
-        g_value = torch.zeros(value.shape, dtype=sums, device=value.device)
-        g_q, g_q_rel, g_rel = torch.empty_like(q), None, None
-        if rel is not None:
-            g_mixed = g_mixed.to(q.dtype).contiguous() if g_mixed is not None else q.new_zeros(R, q.shape[1], rel.shape[-1])
-            g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
-        position = (q_rel, rel, g_mixed, g_q_rel, g_rel) if rel is not None else (q,) * 5  # unused pointers without rel
-        q_rel_, rel_, g_mixed_, g_q_rel_, g_rel_ = position
-        _backward_kernel[ctx.grid](q, q_rel_, key, value, rel_, index, weights, g_out, g_mixed_, g_q, g_q_rel_,
-                                   g_key, g_value, g_rel_, R, K, *ctx.scale, num_warps=NUM_WARPS, **ctx.meta)  # fmt: skip
-        return g_q, g_q_rel, g_key.to(key.dtype), g_value.to(value.dtype), g_rel, None, None
+def triton_attention(q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor, rel: Tensor | None, index: Tensor,
+                     scale: float) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
+    """The forward of :func:`models.pairs.local_attention` in one kernel (every input contiguous, of one dtype, on
+    one device: the caller casts): ``out [R, h, d]``, ``mixed [R, h, e]`` (``None`` without ``rel``), weights."""
+    R, H, D = q.shape
+    K, E = index.shape[1], 1 if rel is None else rel.shape[-1]
+    out, weights = torch.empty_like(q), q.new_empty(R, K, H)
+    mixed = None if rel is None else q.new_empty(R, H, E)
+    meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, **_blocks(K, D, E))
+    rel_or_q, q_rel_or_q = (q, q) if rel is None else (rel, q_rel)  # unused pointers when HAS_REL is false
+    _forward_kernel[(triton.cdiv(R, meta["BLOCK_R"]),)](
+        q, q_rel_or_q, key, value, rel_or_q, index, out, out if mixed is None else mixed, weights, R, K,
+        *_float32_pair(scale), num_warps=NUM_WARPS, **meta,
+    )  # fmt: skip
+    return out, mixed, weights
 
 
-def triton_local_attention(
-    q: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float,
-    q_rel: Tensor | None = None, rel: Tensor | None = None,
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """:func:`models.pairs.local_attention` in two Triton kernels: every input contiguous, of one dtype, on one
-    device (``models.pairs.local_attention`` casts and dispatches). Returns ``out [R, h, d]``, ``mixed [R, h, e]``
-    (``None`` without ``rel``) and the weights ``[R, K, h]`` (not differentiable)."""
-    return _TritonLocalAttention.apply(q, q_rel, key, value, rel, index, scale)
+def triton_attention_backward(
+    g_out: Tensor, g_mixed: Tensor | None, q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor,
+    rel: Tensor | None, index: Tensor, weights: Tensor, scale: float,
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor | None]:  # fmt: skip
+    """The backward of :func:`triton_attention` in one kernel (``g_out`` and ``g_mixed`` contiguous, in q's dtype):
+    the gradients of q, q_rel, key, value and rel (``None`` for the position terms without ``rel``)."""
+    R, H, D = q.shape
+    K, E = index.shape[1], 1 if rel is None else rel.shape[-1]
+    meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, **_blocks(K, D, E))
+    sums = widest_dtype(q, torch.float32)  # atomic adds in float32 at least
+    g_key = torch.zeros(key.shape, dtype=sums, device=key.device)
+    g_value = torch.zeros(value.shape, dtype=sums, device=value.device)
+    g_q, g_q_rel, g_rel = torch.empty_like(q), None, None
+    if rel is not None:
+        g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
+    position = (q_rel, rel, g_mixed, g_q_rel, g_rel) if rel is not None else (q,) * 5  # unused pointers without rel
+    q_rel_, rel_, g_mixed_, g_q_rel_, g_rel_ = position
+    _backward_kernel[(triton.cdiv(R, meta["BLOCK_R"]),)](
+        q, q_rel_, key, value, rel_, index, weights, g_out, g_mixed_, g_q, g_q_rel_, g_key, g_value, g_rel_, R, K,
+        *_float32_pair(scale), num_warps=NUM_WARPS, **meta,
+    )  # fmt: skip
+    return g_q, g_q_rel, g_key.to(key.dtype), g_value.to(value.dtype), g_rel
 
 
 @triton.jit
@@ -230,33 +225,22 @@ def _max_blocks(R: int, K: int, C: int) -> tuple[dict[str, int], tuple[int, int]
     return dict(BLOCK_R=block_r, BLOCK_C=block_c), (triton.cdiv(R, block_r), triton.cdiv(C, block_c))
 
 
-class _TritonNeighbourMax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, index):  # noqa: ANN001, ANN205
-        (R, K), C = index.shape, values.shape[1]
-        keep = ctx.needs_input_grad[0]
-        top = values.new_empty(R, C)
-        winner = torch.empty(R, C, dtype=torch.int16 if K < 2**15 else torch.int32, device=values.device)
-        blocks, grid = _max_blocks(R, K, C)
-        _neighbour_max_kernel[grid](values, index, top, winner, R, K, C, BLOCK_K=triton.next_power_of_2(K),
-                                    KEEP=keep, **blocks)  # fmt: skip
-        if keep:
-            ctx.save_for_backward(index, winner)
-        ctx.sources, ctx.dtype = values.shape[0], values.dtype
-        return top
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        index, winner = ctx.saved_tensors
-        (R, K), C = index.shape, winner.shape[1]
-        sums = widest_dtype(ctx.dtype, torch.float32)  # atomic adds in float32 at least
-        g_values = torch.zeros(ctx.sources, C, dtype=sums, device=grad.device)
-        blocks, grid = _max_blocks(R, K, C)
-        _neighbour_max_backward_kernel[grid](grad.to(ctx.dtype).contiguous(), winner, index, g_values, R, K, C, **blocks)
-        return g_values.to(ctx.dtype), None
+def triton_neighbour_max(values: Tensor, index: Tensor, keep: bool) -> tuple[Tensor, Tensor | None]:
+    """The forward of :func:`models.pairs.neighbour_max` in one kernel (contiguous inputs): each neighbour's row is
+    read once; returns the maxima ``[R, C]`` and, with ``keep``, the winning k of each row and channel."""
+    (R, K), C = index.shape, values.shape[1]
+    top = values.new_empty(R, C)
+    winner = torch.empty(R, C, dtype=winner_dtype(K), device=values.device) if keep else None
+    blocks, grid = _max_blocks(R, K, C)
+    _neighbour_max_kernel[grid](values, index, top, top if winner is None else winner, R, K, C,
+                                BLOCK_K=triton.next_power_of_2(K), KEEP=keep, **blocks)  # fmt: skip
+    return top, winner
 
 
-def triton_neighbour_max(values: Tensor, index: Tensor) -> Tensor:
-    """:func:`models.pairs.neighbour_max` as Triton kernels (contiguous inputs): one pass reads each neighbour's
-    row once and keeps the winning k per row and channel; backward adds each gradient to its winner."""
-    return _TritonNeighbourMax.apply(values, index)
+def triton_neighbour_max_backward(grad: Tensor, index: Tensor, winner: Tensor, sources: int) -> Tensor:
+    """The backward of :func:`triton_neighbour_max`: each gradient added to its winner (``grad`` contiguous)."""
+    (R, K), C = index.shape, winner.shape[1]
+    g_values = torch.zeros(sources, C, dtype=widest_dtype(grad, torch.float32), device=grad.device)
+    blocks, grid = _max_blocks(R, K, C)
+    _neighbour_max_backward_kernel[grid](grad, winner, index, g_values, R, K, C, **blocks)
+    return g_values.to(grad.dtype)

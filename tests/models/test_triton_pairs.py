@@ -9,13 +9,22 @@ import sys
 import pytest
 import torch
 
-from models.pairs import _LocalAttention, _NeighbourMax, local_attention, neighbour_max
+from models.pairs import local_attention, neighbour_max
 from tests.models.test_pairs import _attention_formula
 
 pytest.importorskip("triton", reason="Triton is not installed (the dev extras bring it on Linux x86-64)")
-from models.triton_pairs import triton_local_attention, triton_neighbour_max  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+
+def triton_local_attention(q, key, value, index, scale, q_rel=None, rel=None):  # noqa: ANN001, ANN201
+    return local_attention(q, key, value, index, scale, 0, q_rel, rel, triton=True)
+
+
+def chunked_local_attention(q, key, value, index, scale, q_rel=None, rel=None):  # noqa: ANN001, ANN201
+    return local_attention(q, key, value, index, scale, 64, q_rel, rel, triton=False)
+
 
 #: (R, S, K, H, D, E): sizes off the powers of two (masked tiles) and rows spanning several programs.
 SIZES = [(11, 20, 5, 2, 3, 4), (150, 60, 16, 4, 8, 8)]
@@ -63,7 +72,7 @@ def test_triton_local_attention_sums_bf16_in_float32() -> None:
     the chunked function's (float32 sums and atomic adds; the chunked function sums products rounded to bf16)."""
     tensors, index = _inputs(SIZES[1], True, torch.bfloat16, seed=4)
     got = _outputs_and_grads(triton_local_attention, tensors, index, seed=5)
-    chunked = _outputs_and_grads(lambda q, k, v, i, s, qr, r: _LocalAttention.apply(q, qr, k, v, r, i, s, 64), tensors, index, 5)
+    chunked = _outputs_and_grads(chunked_local_attention, tensors, index, seed=5)
     wide = [t.detach().double().requires_grad_() for t in tensors]
     want = _outputs_and_grads(_attention_formula, wide, index, seed=5)
     for a, c, b in zip(got, chunked, want, strict=True):
@@ -79,15 +88,15 @@ def test_triton_neighbour_max_equals_the_chunked_function() -> None:
     index = torch.randint(0, 60, (150, 16), generator=g).to(DEVICE)
     weights = torch.randn(150, 200, generator=g, dtype=torch.float64).to(DEVICE)
     results = []
-    for fn in (triton_neighbour_max, lambda v, i: _NeighbourMax.apply(v, i, 7)):
+    for triton in (True, False):
         leaf = values.clone().requires_grad_()
-        top = fn(leaf, index)
+        top = neighbour_max(leaf, index, 7, triton=triton)
         results += [top, torch.autograd.grad((top * weights).sum(), leaf)[0]]
     torch.testing.assert_close(results[0], results[2], rtol=0, atol=0)
     # the same winners; on CUDA both sum a winner's gradients by atomic adds, in an order of their own
     torch.testing.assert_close(results[1], results[3], rtol=0, atol=1e-12)
     with torch.no_grad():
-        torch.testing.assert_close(triton_neighbour_max(values, index), results[2])
+        torch.testing.assert_close(neighbour_max(values, index, 7, triton=True), results[2])
 
 
 @pytest.mark.gpu
