@@ -12,6 +12,11 @@ What is measured:
   resident size just before the first step: everything the forward + backward allocated (activations,
   gradients, workspaces, allocator slack) at its high-water mark. CUDA — ``torch.cuda.max_memory_allocated``
   over what was allocated before the first step (exact; cells then run in one process, see app.benchmark).
+- ``tensor_peak_mib``: the peak of live tensor bytes during one fwd+bwd step over those live at its start,
+  without the allocator's slack: CUDA — ``peak_mib``; CPU — summed from the allocator's events that
+  ``torch.profiler`` records (``profile_memory``) in one more, profiled step (:func:`tensor_peak_mib`). The
+  resident size also holds freed memory the C allocator keeps and its fragmentation, which depend on the
+  order and sizes of allocations, not on how much the model keeps alive.
 - ``kernel_frac`` (CUDA only): GPU busy time of one profiled fwd+bwd step (the union of its kernels' and
   copies' intervals, ``torch.profiler``) over the median unprofiled step time. Near 1: the GPU never waits;
   far below: the step is bound by Python and kernel launches.
@@ -157,6 +162,7 @@ class CellResult:
     train_ms: float | None = None
     infer_sps: float | None = None
     peak_mib: float | None = None
+    tensor_peak_mib: float | None = None
     gflops: float | None = None
     params: int | None = None
     op_ms: float | None = None
@@ -212,6 +218,20 @@ def gpu_busy_s(fn: Callable[[], object]) -> float:
         busy += max(0.0, b - max(a, end))
         end = max(end, b)
     return busy / 1e6
+
+
+def tensor_peak_mib(fn: Callable[[], object]) -> float:
+    """MiB of the peak of live CPU tensor bytes during one call of ``fn``, over those live at its start: the
+    running sum of the allocations and frees ``torch.profiler`` records with ``profile_memory``."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())  # fmt: skip
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def _run_op(spec: CellSpec) -> CellResult:
@@ -290,10 +310,11 @@ def _run_model(spec: CellSpec) -> CellResult:
     train_s, n = _timed(step, dev, spec.repeats, spec.budget_s / 2)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _peak_rss_mib() - rss0
     kernel_frac = gpu_busy_s(step) / train_s if cuda else None
+    tensors = peak if cuda else tensor_peak_mib(step)
     model.eval()
     infer_s, _ = _timed(infer, dev, spec.repeats, spec.budget_s / 2)
     gflops = forward_gflops(model, pos[:1]) if spec.flops else None  # one extra forward on one cloud
-    return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, gflops, params, repeats=n,
+    return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, tensors, gflops, params, repeats=n,
                       kernel_frac=kernel_frac, notes=notes)  # fmt: skip
 
 

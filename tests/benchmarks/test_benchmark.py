@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from app.benchmark import CANDIDATES, VARIANTS, main
-from benchmarks.harness import MODELS, build_classifier, loglog_slope, num_centroids
+from benchmarks.harness import MODELS, build_classifier, loglog_slope, num_centroids, tensor_peak_mib
 
 
 def _tables(text: str) -> list[list[str]]:
@@ -43,6 +43,8 @@ def test_quick_run_writes_well_formed_markdown(tmp_path: Path) -> None:
     for label, _ in MODELS.values():
         assert any(f"| {label} |" in row for row in cost[2:]), label
     assert out.resolve() != Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
+    measured = [row for row in cost[2:] if "| – |" not in row]
+    assert measured and all(re.search(r"tensors \d+ MiB", row) for row in measured)  # CPU: the tensors' peak too
     variants = tables[1]
     for variant, (*_, baselines) in VARIANTS.items():  # every variant, and its baselines at the same schedule
         assert any(f"| Centroid (local), {variant} |" in row for row in variants), variant
@@ -52,6 +54,18 @@ def test_quick_run_writes_well_formed_markdown(tmp_path: Path) -> None:
     assert len(train) == 2 + 3 and all(re.search(r"\| \d+\.\d ± \d+\.\d \|", row) for row in train[2:]), train
     raw = json.loads(out.with_suffix(".json").read_text())
     assert set(raw["train"]) == set(list(CANDIDATES)[:3]) and all(len(runs) == 2 for runs in raw["train"].values())
+
+
+def test_tensor_peak_counts_the_live_tensors_at_their_high_water_mark() -> None:
+    def step() -> None:
+        a = torch.ones(16, 2**20)  # 64 MiB
+        b = torch.ones(8, 2**20)  # 32 MiB more while a lives
+        del a, b
+        torch.ones(32, 2**20)  # 128 MiB after both were freed: the peak
+
+    kept = torch.ones(64, 2**20)  # live before the step: not counted
+    assert 128 <= tensor_peak_mib(step) < 129
+    del kept
 
 
 def test_a_part_can_be_rerun_keeping_the_others(tmp_path: Path) -> None:
