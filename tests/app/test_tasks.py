@@ -206,3 +206,30 @@ def test_vote_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Pat
     assert one["details"]["confusion_vote"] == two["details"]["confusion_vote"]
     for key in ("test/acc_vote", "test/macc_vote"):
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-6), key
+
+
+def test_compile_runs_the_backbone_compiled_once_and_keeps_the_checkpoint_keys(tmp_path: Path, monkeypatch) -> None:
+    """``compile=True`` compiles the backbone's forward once across Trainer calls (``aot_eager`` here: traced
+    forward and backward without generating kernels); the compiled features equal the eager ones."""
+    compiled = []
+    real = torch.compile
+
+    def compile_(fn, **kwargs):  # noqa: ANN001, ANN202
+        compiled.append(fn)
+        return real(fn, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    torch.manual_seed(0)
+    task = ClassificationTask(_backbone(), num_classes=3, compile=True)
+    keys = set(task.state_dict())
+    loader = DataLoader(_clouds(4), batch_size=2)
+    trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False, limit_train_batches=1)
+    trainer.fit(task, loader)
+    trainer.validate(task, loader, verbose=False)
+    assert len(compiled) == 1 and set(task.state_dict()) == keys
+    pos = torch.randn(2, 32, 3)
+    task.eval()
+    with torch.no_grad():
+        got = task.backbone.forward_features(pos).stages[-1].feat
+        want = CentroidBackbone.forward_features(task.backbone, pos).stages[-1].feat
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
