@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.benchmark import CANDIDATES, VARIANTS, main
+from app.benchmark import CANDIDATES, VARIANTS, Config, main, targets
 from benchmarks.harness import MODELS, build_classifier, loglog_slope, num_centroids, tensor_peak_mib
 
 
@@ -66,6 +66,21 @@ def test_tensor_peak_counts_the_live_tensors_at_their_high_water_mark() -> None:
     kept = torch.ones(64, 2**20)  # live before the step: not counted
     assert 128 <= tensor_peak_mib(step) < 129
     del kept
+
+
+def test_the_memory_target_needs_both_measured_ratios_within_half() -> None:
+    """N = 4096 against full attention: resident and tensor peaks must both be ≤ ½; a cell without a tensor peak
+    (measured before it existed) is judged on its resident peak alone."""
+    def line(centroid: dict, full: dict) -> str:
+        models = {"centroid_local": {4096: {"train_ms": 100.0, **centroid}},
+                  "full_attention": {4096: {"train_ms": 500.0, **full}}}
+        return targets(models, {}, Config())[0]
+
+    both = {"peak_mib": 1000.0, "tensor_peak_mib": 1000.0}
+    assert "**met** (5.00× faster, 0.40× its peak resident memory and 0.30× its tensors' peak)" in line(
+        {"peak_mib": 400.0, "tensor_peak_mib": 300.0}, both)
+    assert "**not met**" in line({"peak_mib": 400.0, "tensor_peak_mib": 600.0}, both)
+    assert "**met** (5.00× faster, 0.40× its peak resident memory)" in line({"peak_mib": 400.0}, {"peak_mib": 1000.0})
 
 
 def test_a_part_can_be_rerun_keeping_the_others(tmp_path: Path) -> None:
