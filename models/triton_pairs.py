@@ -4,19 +4,21 @@ The chunked functions of ``models.pairs`` write every per-pair product (``[c, K,
 sums) to memory and read it back; on a GPU that traffic, not arithmetic, set the step time (docs/operator.md
 §7, *On a GPU*).
 
-**Local attention** (:func:`triton_local_attention`): one program takes a block of rows (centroids) and, head
-by head, gathers its K key rows, forms the logits, the softmax and the weighted sum of the value rows in
-registers, and writes only the per-row results and the weights ``[R, K, h]``. The backward kernel gathers the
-rows again and adds the key and value gradients into their ``[S, C]`` sources with atomic adds (float32
-buffers under bf16 or fp16). Same formulas and shapes as :func:`models.pairs.local_attention` (``q [R, h, d]``,
-``key/value [S, h, d]``, ``index [R, K]``, position terms ``q_rel [R, e, h]`` and ``rel [R, K, e]``); sums are
-accumulated in float32 (float64 for float64 inputs).
+**Local attention** (:func:`triton_attention`, :func:`triton_attention_backward`): one program takes a block
+of rows (centroids) and, head by head, gathers its K key rows, forms the logits, the softmax and the weighted
+sum of the value rows in registers, and writes only the per-row results and the weights ``[R, K, h]``. The
+backward kernel gathers the rows again and adds the key and value gradients into their ``[S, C]`` sources with
+atomic adds (float32 buffers under bf16 or fp16). Same formulas and shapes as
+:func:`models.pairs.local_attention` (``q [R, h, d]``, ``key/value [S, h, d]``, ``index [R, K]``, position
+terms ``q_rel [R, e, h]`` and ``rel [R, K, e]``); sums are accumulated in float32 (float64 for float64 inputs).
 
-**Neighbour max** (:func:`triton_neighbour_max`): :func:`models.pairs.neighbour_max` in one pass, keeping the
-winning neighbour of each row and channel; backward adds each gradient to its winner.
+**Neighbour max** (:func:`triton_neighbour_max`, :func:`triton_neighbour_max_backward`):
+:func:`models.pairs.neighbour_max` in one pass, keeping the winning neighbour of each row and channel; backward
+adds each gradient to its winner.
 
-Tested against the formulas and the chunked functions on the CPU through Triton's interpreter
-(``TRITON_INTERPRET=1``) and, compiled, on CUDA (tests/models/test_triton_pairs.py).
+Plain functions: ``models.pairs`` wraps them, with the chunked functions, in its custom operators (what
+autograd and ``torch.compile`` see). Tested against the formulas and the chunked functions on the CPU through
+Triton's interpreter (``TRITON_INTERPRET=1``) and, compiled, on CUDA (tests/models/test_triton_pairs.py).
 """
 from __future__ import annotations
 
