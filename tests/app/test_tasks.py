@@ -210,7 +210,8 @@ def test_vote_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Pat
 
 def test_compile_runs_the_backbone_compiled_once_and_keeps_the_checkpoint_keys(tmp_path: Path, monkeypatch) -> None:
     """``compile=True`` compiles the backbone's forward once across Trainer calls (``aot_eager`` here: traced
-    forward and backward without generating kernels); the compiled features equal the eager ones."""
+    forward and backward without generating kernels); the compiled features equal the eager ones, and attention
+    maps (for pictures) run eager."""
     compiled = []
     real = torch.compile
 
@@ -220,16 +221,19 @@ def test_compile_runs_the_backbone_compiled_once_and_keeps_the_checkpoint_keys(t
 
     monkeypatch.setattr(torch, "compile", compile_)
     torch.manual_seed(0)
-    task = ClassificationTask(_backbone(), num_classes=3, compile=True)
+    backbone = CentroidBackbone(stem_width=16, num_centroids=[16, 4], widths=[16, 32], k=4, sampling="prefix")
+    task = ClassificationTask(backbone, num_classes=3, compile=True)
     keys = set(task.state_dict())
     loader = DataLoader(_clouds(4), batch_size=2)
     trainer = _trainer(tmp_path, max_epochs=1, enable_checkpointing=False, limit_train_batches=1)
     trainer.fit(task, loader)
     trainer.validate(task, loader, verbose=False)
     assert len(compiled) == 1 and set(task.state_dict()) == keys
-    pos = torch.randn(2, 32, 3)
+    batch = {"pos": torch.randn(2, 32, 3)}
     task.eval()
     with torch.no_grad():
-        got = task.backbone.forward_features(pos).stages[-1].feat
-        want = CentroidBackbone.forward_features(task.backbone, pos).stages[-1].feat
+        got = task.features(batch).stages[-1].feat
+        pictures = task.features(batch, return_attention=True)  # eager: no recompilation for attention maps
+        want = task.backbone.forward_features(batch["pos"]).stages[-1].feat
+    assert len(compiled) == 1 and pictures.stages[0].attention is not None
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
