@@ -126,7 +126,7 @@ def _attention_op(
     chunk: int, triton: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     if triton:
-        from models.triton_pairs import triton_attention  # imports Triton: on CUDA (or its interpreter) only
+        from models.triton_pairs import triton_attention  # imports Triton: on CUDA only
 
         out, mixed, weights = triton_attention(q, q_rel, key, value, rel, index, scale)
     else:
@@ -311,7 +311,7 @@ def winner_dtype(k: int) -> torch.dtype:
 @torch.library.custom_op("centroid::neighbour_max", mutates_args=())
 def _neighbour_max_op(values: Tensor, index: Tensor, chunk: int, keep: bool, triton: bool) -> tuple[Tensor, Tensor]:
     if triton:
-        from models.triton_pairs import triton_neighbour_max  # imports Triton: on CUDA (or its interpreter) only
+        from models.triton_pairs import triton_neighbour_max  # imports Triton: on CUDA only
 
         top, winner = triton_neighbour_max(values, index, keep)
     else:
