@@ -133,11 +133,15 @@ def _backward_kernel(
         tl.store(g_rel_ptr + pair_e, g_rel.to(g_rel_ptr.dtype.element_ty), mask=pair_e_ok)
 
 
-def _blocks(K: int, D: int, E: int) -> dict[str, int]:
-    """Power-of-two tile sizes (Triton's ranges) for K neighbours, head width D and position width E."""
+def _attention_launch(q: Tensor, index: Tensor, rel: Tensor | None) -> tuple[dict, tuple[int]]:
+    """The attention kernels' constants and grid: shapes, and power-of-two tile sizes (Triton's ranges) for K
+    neighbours, head width D and position width E."""
+    (R, H, D), K, E = q.shape, index.shape[1], 1 if rel is None else rel.shape[-1]
     block_k, block_d, block_e = (triton.next_power_of_2(n) for n in (K, D, E))
     block_r = max(1, min(64, TILE_ELEMENTS // (block_k * max(block_d, block_e))))
-    return dict(BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_E=block_e)
+    meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, BLOCK_R=block_r,
+                BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_E=block_e)  # fmt: skip
+    return meta, (triton.cdiv(R, block_r),)
 
 
 def _float32_pair(x: float) -> tuple[float, float]:
@@ -151,13 +155,12 @@ def triton_attention(q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor
                      scale: float) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
     """The forward of :func:`models.pairs.local_attention` in one kernel (every input contiguous, of one dtype, on
     one device: the caller casts): ``out [R, h, d]``, ``mixed [R, h, e]`` (``None`` without ``rel``), weights."""
-    R, H, D = q.shape
-    K, E = index.shape[1], 1 if rel is None else rel.shape[-1]
+    (R, H, _), K = q.shape, index.shape[1]
+    meta, grid = _attention_launch(q, index, rel)
     out, weights = torch.empty_like(q), q.new_empty(R, K, H)
-    mixed = None if rel is None else q.new_empty(R, H, E)
-    meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, **_blocks(K, D, E))
+    mixed = None if rel is None else q.new_empty(R, H, meta["E"])
     rel_or_q, q_rel_or_q = (q, q) if rel is None else (rel, q_rel)  # unused pointers when HAS_REL is false
-    _forward_kernel[(triton.cdiv(R, meta["BLOCK_R"]),)](
+    _forward_kernel[grid](
         q, q_rel_or_q, key, value, rel_or_q, index, out, out if mixed is None else mixed, weights, R, K,
         *_float32_pair(scale), num_warps=NUM_WARPS, **meta,
     )  # fmt: skip
@@ -170,9 +173,7 @@ def triton_attention_backward(
 ) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor | None]:  # fmt: skip
     """The backward of :func:`triton_attention` in one kernel (``g_out`` and ``g_mixed`` contiguous, in q's dtype):
     the gradients of q, q_rel, key, value and rel (``None`` for the position terms without ``rel``)."""
-    R, H, D = q.shape
-    K, E = index.shape[1], 1 if rel is None else rel.shape[-1]
-    meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, **_blocks(K, D, E))
+    (R, K), (meta, grid) = index.shape, _attention_launch(q, index, rel)
     sums = widest_dtype(q, torch.float32)  # atomic adds in float32 at least
     g_key = torch.zeros(key.shape, dtype=sums, device=key.device)
     g_value = torch.zeros(value.shape, dtype=sums, device=value.device)
@@ -181,7 +182,7 @@ def triton_attention_backward(
         g_q_rel, g_rel = torch.empty_like(q_rel), torch.empty_like(rel)
     position = (q_rel, rel, g_mixed, g_q_rel, g_rel) if rel is not None else (q,) * 5  # unused pointers without rel
     q_rel_, rel_, g_mixed_, g_q_rel_, g_rel_ = position
-    _backward_kernel[(triton.cdiv(R, meta["BLOCK_R"]),)](
+    _backward_kernel[grid](
         q, q_rel_, key, value, rel_, index, weights, g_out, g_mixed_, g_q, g_q_rel_, g_key, g_value, g_rel_, R, K,
         *_float32_pair(scale), num_warps=NUM_WARPS, **meta,
     )  # fmt: skip
