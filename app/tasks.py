@@ -161,6 +161,16 @@ class _PointTask(LightningModule):
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
 
+    def on_fit_start(self) -> None:
+        """``sampling: prefix`` is a contract that clouds arrive in farthest-point order: refuse to train on a data
+        module that does not order its augmented training clouds (docs/batch.md §5)."""
+        data = self.trainer.datamodule
+        if self.backbone.stages[0].sampling == "prefix" and data is not None and not getattr(data, "fps_order", True):
+            raise ValueError(
+                "the backbone's sampling: prefix takes the first M points as seeds, but the data module does not put "
+                "training clouds in FPS order: use sampling: fps (the default) or set data fps_order: true"
+            )
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The tested file's own ModelCheckpoint states, for on_test_start: the test trainer's callbacks may differ.
         states = {k: v for k, v in checkpoint.get("callbacks", {}).items()  # ModelCheckpoint and its subclasses

@@ -37,9 +37,10 @@ class PointCloudDataModule(LightningDataModule):
         augment: Augment | None,
         cache_dir: str | None,
         predict_files: list[str] | None = None,
+        fps_order: bool = False,
     ) -> None:
         super().__init__()
-        self.predict_files = predict_files
+        self.predict_files, self.fps_order = predict_files, fps_order
         self.root = Path(root)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = augment
@@ -112,9 +113,12 @@ class PointCloudDataModule(LightningDataModule):
     empty_split_hint = ""
 
     def _dataset(self, arrays: dict[str, np.ndarray], indices: np.ndarray | None, train: bool) -> PointCloudDataset:
-        """Training samples are augmented, then put back in FPS order; the others come from the cache in it
-        (docs/batch.md §5)."""
-        augment = Chain((self.augment, FPSOrder())) if train and self.augment is not None else None
+        """Training samples are augmented (then, with ``fps_order``, put back in FPS order); the others come
+        from the cache in FPS order (docs/batch.md §5)."""
+        if not train or self.augment is None:
+            augment = None
+        else:
+            augment = Chain((self.augment, FPSOrder())) if self.fps_order else self.augment
         return PointCloudDataset(arrays, indices, self.use_normals, augment)
 
     def _loader(self, split: str) -> DataLoader:

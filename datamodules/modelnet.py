@@ -51,6 +51,9 @@ class ModelNetDataModule(PointCloudDataModule):
         cache_dir: where preprocessed splits are cached (default ``<root>/.cache``).
         generator: sizes of the generated data set.
         predict_files: user files (``.off .ply .txt .npy .h5``) that ``predict`` runs on instead of the test split.
+        fps_order: put every augmented training cloud back in farthest-point order in the loader (about 2 ms per
+            1024 points on one core), for a backbone with ``sampling: prefix``; off by default, since the model
+            samples for itself (docs/batch.md §5).
     """
 
     family = "ModelNet"
@@ -78,8 +81,9 @@ class ModelNetDataModule(PointCloudDataModule):
         cache_dir: str | None = None,
         generator: GeneratorConfig = GeneratorConfig(),
         predict_files: list[str] | None = None,
+        fps_order: bool = False,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, augment, cache_dir, predict_files)
+        super().__init__(root, batch_size, num_workers, augment, cache_dir, predict_files, fps_order)
         self.save_hyperparameters()
         self.format, self.name, self.num_points = format, name, num_points
         self.use_normals, self.sampling, self.download = use_normals, sampling, download

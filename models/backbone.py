@@ -4,9 +4,11 @@ Wu, Liu & Liu, "Centroid Transformers: Learning to Abstract with Attention", arX
 ``docs/operator.md``). Each stage = KNN initialisation of the centroids (§2) + T steps of centroid attention
 (§1, local by default, §3) + optional self-attention blocks among the centroids.
 
-Clouds in a batch share one size N: the data side resamples every cloud to a fixed N (no padding mask here)
-and delivers its points in farthest-point order, so with ``sampling="prefix"`` every stage's seeds are the
-first M_s points and nothing is sampled in the model (docs/batch.md).
+Clouds in a batch share one size N: the data side resamples every cloud to a fixed N (no padding mask here),
+in any point order. With ``sampling="fps"`` (the default) the first stage picks its seeds by exact farthest
+point sampling and every later stage takes a prefix of that order (FPS's prefix property), so the output
+does not depend on the input's point order; ``sampling="prefix"`` is the contract for clouds ordered offline
+(docs/operator.md §2, docs/batch.md §5).
 
 Shapes:
     pos ``[B, N, 3]``, x ``[B, N, in_channels]`` (or ``None``) → stage s: pos ``[B, M_s, 3]``, feat
@@ -155,9 +157,10 @@ class CentroidStage(nn.Module):
             second forward pass (BENCHMARKS.md, variants). Off by default: speed first. With a BatchNorm KNN
             initialisation its running statistics are then updated twice per training step (forward and
             recomputation, with the same batch statistics).
-        sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
-            data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
-            or ``"random"`` (docs/operator.md §2 choice).
+        sampling: seeds by exact FPS of the stage's inputs (``"fps"``, order-independent: started at the
+            point farthest from the mean; the backbone runs it in its first stage only and gives the later
+            stages ``"prefix"``), the first M inputs (``"prefix"``: a contract that the inputs are in
+            farthest-point order), or ``"random"`` (docs/operator.md §2 choice).
         normalize_offsets: divide the offsets ``p_j − p_i`` by the cloud's mean neighbourhood radius, so the
             position codes see O(1) inputs at every stage whatever the cloud's scale (docs/operator.md §6).
         self_attention_blocks: standard pre-norm self-attention layers among the M centroids afterwards
@@ -214,7 +217,7 @@ class CentroidStage(nn.Module):
         if self.sampling == "prefix":  # FPS's prefix property: the first M of an FPS order are an FPS
             return torch.arange(self.num_centroids, device=pos.device).expand(pos.shape[0], -1)
         if self.sampling == "fps":
-            return farthest_point_sample(pos, self.num_centroids)
+            return farthest_point_sample(pos, self.num_centroids, validate=False)
         return random_sample(pos, self.num_centroids)
 
     def forward(self, pos: Tensor, x: Tensor, return_attention: bool = False, stage: int = 1) -> StageOutput:
@@ -273,7 +276,8 @@ class CentroidBackbone(nn.Module):
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
             normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, init_norm, recompute: shared by every
-            stage, see :class:`CentroidStage`.
+            stage, see :class:`CentroidStage`; with ``sampling="fps"`` only the first stage samples, the later
+            ones take prefixes of its FPS order (exactly their FPS, by the prefix property: docs/operator.md §2).
 
     Attributes:
         out_channels: ``widths[-1]``; channels: ``[stem_width, *widths]``.
@@ -314,13 +318,15 @@ class CentroidBackbone(nn.Module):
         self.stem = nn.Sequential(
             nn.Linear(3 + in_channels, stem_width), nn.LayerNorm(stem_width), nn.ReLU(), nn.Linear(stem_width, stem_width)
         )
-        shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode, sampling=sampling,
+        shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode,
                       self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
                       pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
                       dropout=dropout, layer_scale=layer_scale, init_layers=init_layers, init_norm=init_norm,
                       recompute=recompute)  # fmt: skip
+        later = "prefix" if sampling == "fps" else sampling  # stage s > 1: the prefix of stage 1's FPS order
         self.stages = nn.ModuleList(
-            CentroidStage(c_in, c_out, m, **shared) for c_in, c_out, m in zip(self.channels[:-1], widths, num_centroids)
+            CentroidStage(c_in, c_out, m, sampling=sampling if s == 0 else later, **shared)
+            for s, (c_in, c_out, m) in enumerate(zip(self.channels[:-1], widths, num_centroids))
         )
 
     def _check_input(self, pos: Tensor, x: Tensor | None) -> None:

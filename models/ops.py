@@ -1,15 +1,16 @@
-"""Pure-torch point operations: k-nearest neighbours, farthest point sampling, gathering.
+"""Point operations: k-nearest neighbours, farthest point sampling, gathering.
 
-Batched ``[B, N, C]`` tensors throughout. Indices are ``torch.long``. No compiled kernels: these
-run wherever torch runs (CPU, CUDA, MPS). Memory of the distance computations stays ``O(chunk * N)``.
+Batched ``[B, N, C]`` tensors throughout. Indices are ``torch.long``. The reference paths run
+wherever torch runs (CPU, CUDA, MPS). Memory of the distance computations stays ``O(chunk * N)``.
 
-Every search has a plain reference path (``method="brute"`` / ``"exact"``) and a near-linear fast path
-from ``models.spatial`` (``"grid"``: exact kNN; ``"bucket"``: approximate FPS); ``"auto"`` picks by size.
-All paths are deterministic.
+Every search has a plain reference path (``method="brute"`` / ``"exact"``) and fast paths: kNN's exact
+sorted-cell grid of ``models.spatial`` (``"auto"`` picks it by size); FPS's exact kernels behind one custom
+operator (``"auto"``: Triton on CUDA, ``torch_quickfps`` on the CPU) and an approximate bucketed variant.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Literal
 
 import torch
@@ -20,9 +21,6 @@ from models.spatial import bucket_fps, grid_knn
 # Size from which the grid kNN beats the brute-force reference on CPU (see the neighbour-search table of
 # BENCHMARKS.md, `python -m app.benchmark`); below it method="auto" keeps the reference.
 GRID_KNN_MIN_POINTS = 4096
-# Exact FPS is kept up to this many points so that the paper's sizes (ModelNet, 1024-4096 points) get
-# true FPS; bucket FPS (approximate) above it keeps sampling linear in N.
-EXACT_FPS_MAX_POINTS = 4096
 
 
 def _check_points(name: str, pos: Tensor) -> None:
@@ -70,7 +68,8 @@ def knn(
 ) -> Tensor:
     """Indices of the ``k`` nearest ``points`` of every ``query`` (squared Euclidean distance).
 
-    Ties are broken by the lower index (stable sort), so the result is deterministic.
+    Points at exactly equal distance come in no guaranteed order (``topk`` is not a stable sort); on one
+    device the same input always gives the same result.
 
     ``validate=False`` skips the shape and finiteness checks (each costs a device-to-host sync); the model
     checks its input once and passes ``False``.
@@ -108,44 +107,107 @@ def knn(
     return torch.cat(out, dim=1)
 
 
+def farthest_from_mean(pos: Tensor) -> Tensor:
+    """Index ``[B]`` long of each cloud's point farthest from its mean: where FPS starts (docs/operator.md §2),
+    so that the sample does not depend on the order of the points (up to exact ties)."""
+    return (pos - pos.mean(dim=1, keepdim=True)).pow(2).sum(-1).argmax(-1)
+
+
+def _exact_fps(pos: Tensor, m: int, start: Tensor) -> Tensor:
+    """The ``O(m·N)`` reference loop of exact FPS from ``start`` ``[B]``: each pick is the point farthest from
+    the picks so far (ties to the lower index, as ``argmax``). Returns ``[B, m]`` long."""
+    B, N, _ = pos.shape
+    idx = torch.empty(B, m, dtype=torch.long, device=pos.device)
+    batch = torch.arange(B, device=pos.device)
+    far, dist = start, torch.full((B, N), float("inf"), dtype=pos.dtype, device=pos.device)
+    for i in range(m):
+        idx[:, i] = far
+        dist = torch.minimum(dist, (pos - pos[batch, far].unsqueeze(1)).pow(2).sum(-1))  # (B, N)
+        far = dist.argmax(-1)
+    return idx
+
+
+def _quickfps(pos: Tensor, m: int, start: Tensor) -> Tensor:
+    """Exact FPS by ``torch_quickfps`` (QuickFPS: kd-tree buckets, the batch's clouds in parallel threads).
+
+    Its start index is one for the whole batch, so each cloud's start is swapped to row 0 and the picks are
+    mapped back through the swap."""
+    import torch_quickfps  # noqa: PLC0415 -- registers its operators on import
+
+    B, N, _ = pos.shape
+    swap = torch.arange(N, device=pos.device).repeat(B, 1)
+    batch = torch.arange(B, device=pos.device)
+    swap[batch, start] = 0
+    swap[:, 0] = start
+    picks = torch_quickfps.sample_idx(gather(pos, swap).contiguous(), m, start_idx=0)
+    return swap.gather(1, picks)
+
+
+#: Exact FPS on the CPU by ``torch_quickfps`` where its wheel exists (Linux x86-64, macOS arm64); elsewhere the
+#: reference loop.
+QUICKFPS = importlib.util.find_spec("torch_quickfps") is not None
+
+
+@torch.library.custom_op("centroid::farthest_point_sample", mutates_args=())
+def _fps_op(pos: Tensor, m: int) -> Tensor:
+    """Exact FPS of ``m`` indices per cloud from the point farthest from its mean, one operator for
+    ``torch.compile`` and export: the Triton kernel on CUDA (``models.triton_fps``), ``torch_quickfps`` on the
+    CPU, the reference loop elsewhere (docs/operator.md §2)."""
+    pos = pos.to(widest_dtype(torch.float32, pos))  # distances and the mean in float32 at least, never bf16
+    start = farthest_from_mean(pos)
+    if pos.device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+        from models.triton_fps import triton_farthest_point_sample  # noqa: PLC0415 -- Triton only where used
+
+        return triton_farthest_point_sample(pos, m, start)
+    if pos.device.type == "cpu" and QUICKFPS and pos.dtype != torch.float64:
+        return _quickfps(pos, m, start)
+    return _exact_fps(pos, m, start)
+
+
+@_fps_op.register_fake
+def _(pos: Tensor, m: int) -> Tensor:
+    return pos.new_empty((pos.shape[0], m), dtype=torch.long)
+
+
 def farthest_point_sample(
     pos: Tensor,
     m: int,
     method: Literal["auto", "exact", "bucket"] = "auto",
     leaf_size: int = 1024,
     start: Tensor | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Farthest point sampling of ``m`` indices per cloud.
 
     **choice** (docs/operator.md §2): start at the point farthest from the cloud's mean, so that the result
     does not depend on the order of the points (up to exact ties); ``start`` ``[B]`` long overrides it
-    (exact path only).
+    (``"exact"`` only).
 
-    ``method``: ``"exact"`` is the ``O(m·N)`` reference loop; ``"bucket"`` the approximate, linear-time
-    FPS inside kd-tree leaves of about ``leaf_size`` points (``models.spatial.bucket_fps``, **choice**:
-    keeps large clouds linear in N); ``"auto"`` is exact up to ``EXACT_FPS_MAX_POINTS`` points.
+    ``method``: ``"auto"`` is exact FPS by the fastest kernel of the device, one custom operator
+    (``centroid::farthest_point_sample``: Triton on CUDA, ``torch_quickfps`` on the CPU; the same indices as
+    ``"exact"`` up to exact distance ties); ``"exact"`` is the ``O(m·N)`` pure-torch reference loop;
+    ``"bucket"`` the approximate, linear-time FPS inside kd-tree leaves of about ``leaf_size`` points
+    (``models.spatial.bucket_fps``, **choice**: for devices without a fast exact kernel).
+
+    ``validate=False`` skips the shape and finiteness checks (a host sync); the model checks its input once.
 
     Shapes:
         pos: ``[B, N, 3]``; returns ``[B, m]`` long.
     """
-    _check_points("pos", pos)
+    if validate:
+        _check_points("pos", pos)
     B, N, _ = pos.shape
     if not 1 <= m <= N:
         raise ValueError(f"cannot sample m={m} points from N={N}: need 1 <= m <= N")
     if method not in ("auto", "exact", "bucket"):
         raise ValueError(f"unknown FPS method {method!r}: use 'auto', 'exact' or 'bucket'")
-    if start is None and (method == "bucket" or (method == "auto" and N > EXACT_FPS_MAX_POINTS)):
+    if start is not None and method != "exact":
+        raise ValueError(f"start is for method='exact', not {method!r}")
+    if method == "bucket":
         return bucket_fps(pos, m, leaf_size)
-    idx = torch.empty(B, m, dtype=torch.long, device=pos.device)
-    batch = torch.arange(B, device=pos.device)
-    far = (pos - pos.mean(dim=1, keepdim=True)).pow(2).sum(-1).argmax(-1) if start is None else start  # (B,)
-    dist = torch.full((B, N), float("inf"), dtype=pos.dtype, device=pos.device)
-    for i in range(m):
-        idx[:, i] = far
-        d = (pos - pos[batch, far].unsqueeze(1)).pow(2).sum(-1)  # (B, N)
-        dist = torch.minimum(dist, d)
-        far = dist.argmax(-1)
-    return idx
+    if method == "auto":
+        return torch.ops.centroid.farthest_point_sample(pos, m)
+    return _exact_fps(pos, m, farthest_from_mean(pos) if start is None else start)
 
 
 def random_sample(pos: Tensor, m: int, generator: torch.Generator | None = None) -> Tensor:

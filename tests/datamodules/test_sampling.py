@@ -48,10 +48,21 @@ def test_cache_resampling_keeps_the_fps_prefix() -> None:
 
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_batches_arrive_in_fps_order(generated_modelnet, tmp_path, split: str) -> None:
+    """Evaluation splits come from the cache in FPS order; training clouds only with ``fps_order`` (for models
+    with ``sampling: prefix``)."""
     dm = ModelNetDataModule(root=str(generated_modelnet), format="generated", num_points=128, batch_size=4,
-                            use_normals=True, cache_dir=str(tmp_path))  # fmt: skip
+                            use_normals=True, cache_dir=str(tmp_path), fps_order=split == "train")  # fmt: skip
     dm.setup("fit" if split == "train" else "test")
     batch = next(iter(dm.train_dataloader() if split == "train" else dm.test_dataloader()))
     for pos, normal in zip(batch["pos"], batch["normal"]):  # the order of each (augmented) cloud is the identity
         assert fps_order(pos.numpy(), 64)[:64].tolist() == list(range(64))
         assert torch.allclose(normal.norm(dim=-1), torch.ones(128), atol=1e-4)
+
+
+def test_training_clouds_are_not_ordered_by_default(generated_modelnet, tmp_path) -> None:
+    """The model samples for itself: the loader spends nothing on ordering augmented (shuffled) clouds."""
+    dm = ModelNetDataModule(root=str(generated_modelnet), format="generated", num_points=128, batch_size=4,
+                            cache_dir=str(tmp_path))  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert not all(fps_order(pos.numpy(), 64)[:64].tolist() == list(range(64)) for pos in batch["pos"])

@@ -257,6 +257,34 @@ def test_prefix_seeds_of_an_fps_ordered_cloud_equal_fps_at_every_stage() -> None
     assert torch.equal(ordered[:, :32], torch.stack([p[i] for p, i in zip(pos, farthest_point_sample(pos, 32))]))
 
 
+def test_default_sampling_is_exact_fps_in_stage_one_and_its_prefixes_after() -> None:
+    """sampling="fps": stage 1 runs the model's exact FPS, later stages take prefixes, which equal their own FPS."""
+    pos, _ = _cloud(3, 256, 31)
+    net = CentroidBackbone(**SMALL).eval()
+    assert [s.sampling for s in net.stages] == ["fps", "prefix", "prefix"]
+    out = net.forward_features(pos)
+    assert torch.equal(out.stages[0].seed_idx, farthest_point_sample(pos, 32, method="exact"))
+    inputs = out.stages[0].pos
+    for stage, m in zip(out.stages[1:], SMALL["num_centroids"][1:]):
+        start = torch.zeros(3, dtype=torch.long)  # stage 1's order starts at its first seed
+        assert torch.equal(farthest_point_sample(inputs, m, method="exact", start=start), stage.seed_idx)
+        inputs = stage.pos
+
+
+def test_default_sampling_gives_the_same_features_for_any_point_order() -> None:
+    pos, _ = _cloud(2, 256, 32)
+    net = CentroidBackbone(layer_scale=0.1, **SMALL).eval()
+    sorted_x = pos.gather(1, pos[..., :1].argsort(1).expand(-1, -1, 3))  # sorted along x
+    shuffled = pos[:, torch.randperm(256, generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():
+        ref = net(pos)
+        for other in (sorted_x, shuffled):
+            torch.testing.assert_close(net(other), ref, rtol=0, atol=1e-5)
+        prefix = CentroidBackbone(layer_scale=0.1, sampling="prefix", **SMALL).eval()
+        prefix.load_state_dict(net.state_dict())
+        assert (prefix(sorted_x) - ref).abs().max() > 1e-2  # the prefix contract broken: other seeds
+
+
 def test_normalized_offsets_make_a_stage_scale_invariant() -> None:
     torch.manual_seed(0)
     pos, x = _cloud(2, 64, 31, 8)

@@ -38,6 +38,34 @@ def test_fps_is_independent_of_point_order() -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize(("b", "n", "m"), [(1, 1, 1), (3, 100, 1), (2, 257, 100), (4, 1024, 512), (2, 300, 300)])
+def test_fast_fps_operator_equals_the_reference(b: int, n: int, m: int) -> None:
+    """method="auto" (the custom operator: torch_quickfps on the CPU) returns the reference loop's indices."""
+    pos = torch.randn(b, n, 3, generator=torch.Generator().manual_seed(n))
+    assert torch.equal(farthest_point_sample(pos, m), farthest_point_sample(pos, m, method="exact"))
+
+
+def test_fast_fps_of_bf16_clouds_works_in_float32() -> None:
+    """bf16 coordinates: the start and the distances in float32, as the reference on the same values upcast (a
+    cloud whose bf16 distances have no exact ties among the picks)."""
+    half = torch.randn(2, 257, 3, generator=torch.Generator().manual_seed(257)).bfloat16()
+    assert torch.equal(farthest_point_sample(half, 100), farthest_point_sample(half.float(), 100, method="exact"))
+
+
+def test_fast_fps_is_one_node_under_compile() -> None:
+    pos = torch.randn(2, 200, 3, generator=torch.Generator().manual_seed(7))
+    graphs = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:  # noqa: ARG001
+        graphs.append(gm)
+        return gm.forward
+
+    sample = torch.compile(lambda p: farthest_point_sample(p, 50, validate=False), backend=backend, fullgraph=True)
+    assert torch.equal(sample(pos), farthest_point_sample(pos, 50, method="exact"))
+    calls = [n.target for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert calls == [torch.ops.centroid.farthest_point_sample]  # the operator, nothing around it
+
+
 def test_knn_matches_brute_force() -> None:
     g = torch.Generator().manual_seed(3)
     query, points = torch.rand(2, 30, 3, generator=g), torch.rand(2, 50, 3, generator=g)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.ops import EXACT_FPS_MAX_POINTS, GRID_KNN_MIN_POINTS, farthest_point_sample, gather, knn
+from models.ops import GRID_KNN_MIN_POINTS, farthest_point_sample, gather, knn
 
 
 def _ref_dist(query: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
@@ -91,7 +91,6 @@ def test_bucket_fps_is_a_good_sample() -> None:
     fast = farthest_point_sample(pos, m, method="bucket")
     assert fast.shape == (2, m) and fast.dtype == torch.long
     assert all(len(set(row.tolist())) == m for row in fast)  # distinct
-    assert torch.equal(fast, farthest_point_sample(pos, m, method="auto"))  # N > EXACT_FPS_MAX_POINTS
     assert torch.equal(fast, farthest_point_sample(pos, m, method="bucket"))  # deterministic
     exact = farthest_point_sample(pos, m, method="exact")
     rand = torch.randperm(8192, generator=g)[:m].expand(2, m)
@@ -111,8 +110,9 @@ def test_bucket_fps_is_independent_of_point_order_and_takes_all_points() -> None
     assert torch.equal(full.sort(-1).values, torch.arange(5000)[None])
 
 
-def test_auto_fps_is_exact_up_to_the_threshold() -> None:
-    pos = torch.rand(2, EXACT_FPS_MAX_POINTS, 3, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(farthest_point_sample(pos, 64), farthest_point_sample(pos, 64, method="exact"))
+def test_auto_fps_is_exact_at_large_sizes() -> None:
+    """The fast operator is exact FPS at every size (no switch to an approximation above some N)."""
+    pos = torch.rand(2, 8192, 3, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(farthest_point_sample(pos, 256), farthest_point_sample(pos, 256, method="exact"))
     with pytest.raises(ValueError, match="method"):
         farthest_point_sample(pos, 4, method="fast")
