@@ -348,11 +348,13 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
         f"Device: `{cfg.device}`" + (" (bf16 autocast)." if gpu else "."), "",
         "All models: stem 64, stage widths 128/256/512, k = 16 neighbours, 4 heads, T = 2 shared-weight steps, the "
         "project's classification head (40 classes), default schedule N/2 → N/4 → N/8 centroids (or seeds). Inputs "
-        "are surface-like clouds delivered in farthest-point order, as the data modules deliver them: every model "
-        "takes each stage's seeds as a prefix, so no model samples inside the timed step (the data side's ordering "
-        "is timed under *Neighbour search and sampling*). "
-        f"Batch of {cfg.batch}. Times are medians of up to {cfg.repeats} runs after one warm-up (see `reps`).", "",
-        "- **fwd+bwd**: forward + cross-entropy + backward of one batch. **infer**: samples/s of inference-mode "
+        "are surface-like clouds in random point order, and every model samples for itself inside the timed step: "
+        "exact FPS in its first stage (the `centroid::farthest_point_sample` operator), prefixes of that order "
+        "after, as the centroid backbone does. "
+        f"Batch of {cfg.batch}. Times are medians of up to {cfg.repeats} runs after one warm-up (two on CUDA; see "
+        "`reps`).", "",
+        "- **fwd+bwd**: one training step of one batch: forward with the sampling, cross-entropy, backward and the "
+        "AdamW step. **infer**: samples/s of inference-mode "
         f"forward passes. **peak MiB**: {unit} the fwd+bwd step added at its high-water mark (CPU: `ru_maxrss` "
         "over the resident size before the first step, one process per cell; CUDA: `max_memory_allocated` over "
         "what was allocated before). **GFLOPs**: forward FLOPs per sample (2 × MACs) from "
@@ -402,10 +404,11 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
 
 def _render_ops(cfg: Config, ops: dict, h: str) -> list[str]:
     out = ["", f"{h} Neighbour search and sampling (ms per batch of {cfg.batch}; kNN k = 16 of N/2 queries; FPS of N/2)", "",
-           "`fps_order_data` is what the models now get for free: the data side's exact FPS order of every cloud "
-           "(fpsample, one cloud at a time, in loader workers). `auto` is the in-model path kept for unordered "
-           "inputs: the exact grid kNN from 4096 points on, exact FPS up to 4096 points and bucketed (approximate) "
-           "FPS above; `brute`/`exact` are the plain reference paths.", "",
+           "`fps_auto` is the models' own sampling: exact FPS by one custom operator (`torch_quickfps` on the CPU, "
+           "the batch's clouds in parallel; a Triton kernel on CUDA). `fps_order_data` is the data side's exact "
+           "FPS order of every cloud (fpsample, one cloud at a time, in loader workers), needed only by "
+           "`sampling: prefix` models (`fps_order: true`). `knn_auto` is the exact grid kNN from 4096 points on; "
+           "`brute`/`exact` are the plain reference paths.", "",
            "| N | " + " | ".join(OPS) + " |", "|---:|" + "---:|" * len(OPS)]  # fmt: skip
     for n in sorted({n for cells in ops.values() for n in cells}):
         row = []

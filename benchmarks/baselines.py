@@ -33,9 +33,9 @@ def _stem(in_channels: int, width: int) -> nn.Sequential:
 
 
 def seeds(pos: Tensor, m: int, sampling: str) -> Tensor:
-    """Positions ``[B, m, 3]`` of a stage's seeds: the first m points of FPS-ordered inputs (``"prefix"``, what
-    the data modules deliver) or an in-model FPS (``"fps"``), exactly as the centroid backbone picks them."""
-    return pos[:, :m] if sampling == "prefix" else gather(pos, farthest_point_sample(pos, m))
+    """Positions ``[B, m, 3]`` of a stage's seeds: the model's exact FPS (``"fps"``) or the first m inputs
+    (``"prefix"``: FPS-ordered inputs), exactly as the centroid backbone's stages pick them."""
+    return pos[:, :m] if sampling == "prefix" else gather(pos, farthest_point_sample(pos, m, validate=False))
 
 
 def _mlp(in_dim: int, out_dim: int, norm: str = "layer") -> nn.Sequential:
@@ -68,7 +68,8 @@ class _Stages(nn.Module):
         super().__init__()
         if sampling not in ("prefix", "fps"):
             raise ValueError(f"sampling must be 'prefix' or 'fps', got {sampling!r}")
-        self.sampling = sampling
+        # as the centroid backbone: with "fps" only the first stage samples, the later ones take prefixes of its order
+        self.stage_sampling = [sampling] + ["prefix"] * (len(num_centroids) - 1)
         if len(num_centroids) != len(widths):
             raise ValueError(f"num_centroids {num_centroids} and widths {widths} must have equal length")
         self.in_channels, self.k = in_channels, k
@@ -135,8 +136,8 @@ class FullAttentionBackbone(_Stages):
     ) -> None:
         super().__init__(in_channels, stem_width, num_centroids, widths, k, sampling)
         self.stages = nn.ModuleList(
-            FullAttentionStage(a, b, m, k, steps, heads, sampling, layer_scale)
-            for a, b, m in zip(self.channels[:-1], widths, num_centroids)
+            FullAttentionStage(a, b, m, k, steps, heads, s, layer_scale)
+            for a, b, m, s in zip(self.channels[:-1], widths, num_centroids, self.stage_sampling)
         )
 
     def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
@@ -170,9 +171,9 @@ class PointNet2SSG(_Stages):
 
     def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
         feat = self.embed(pos, x)
-        for m, conv in zip(self.num_centroids, self.convs):
+        for m, conv, sampling in zip(self.num_centroids, self.convs, self.stage_sampling):
             B, N, C = feat.shape
-            seed_pos = seeds(pos, m, self.sampling)  # (B, M, 3)
+            seed_pos = seeds(pos, m, sampling)  # (B, M, 3)
             edges = _edge_index(knn(seed_pos, pos, self.k, validate=False), N)
             out = conv((feat.reshape(B * N, C), None), (pos.reshape(-1, 3), seed_pos.reshape(-1, 3)), edges)
             pos, feat = seed_pos, out.view(B, m, -1)

@@ -6,7 +6,8 @@ peak memory honest and isolates failures: the parent (``app.benchmark``) caps th
 records a skip with the reason.
 
 What is measured:
-- ``train_ms``: median wall time of forward + cross-entropy + backward of one batch, after one warm-up.
+- ``train_ms``: median wall time of one training step — forward (the model's own sampling included) +
+  cross-entropy + backward + AdamW step — of one batch, after one warm-up (two on CUDA).
 - ``infer_sps``: samples per second of ``torch.inference_mode`` forward passes (median batch time).
 - ``peak_mib``: CPU — the increase of the process's peak resident set size (``ru_maxrss``) over the
   resident size just before the first step: everything the forward + backward allocated (activations,
@@ -24,9 +25,10 @@ What is measured:
   every matmul and attention kernel (SDPA forced onto its math kernel while counting); gathers, scatters,
   sorts, elementwise ops and the neighbour search count zero.
 
-Inputs are surface-like clouds in farthest-point order (what the data side delivers, ``sampling="prefix"``):
-no model samples seeds inside the timed step; the data side's ordering and the in-model kNN/FPS are timed
-on their own as ops.
+Inputs are surface-like clouds in random point order, and every model samples its own seeds inside the timed
+step (``sampling="fps"``: exact FPS in the first stage, its prefixes after). ``sampling="prefix"`` cells get
+the clouds in farthest-point order instead, ordered outside the clock (the contract of data ordered offline).
+The in-model kNN/FPS and the data side's ordering are also timed on their own as ops.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ MODELS: dict[str, tuple[str, Factory]] = {
     "dgcnn": ("DGCNN", lambda c, m, w, t, s: DGCNN(c, w[0], m, w[1:], sampling=s)),
 }  # fmt: skip
 # Neighbour search and sampling per batch: kNN (k = 16) of M = N/2 queries among N points; FPS of N/2 in the
-# model (torch); the data side's FPS order of every cloud (fpsample, in loader workers, one cloud at a time).
+# model (the exact operator, and the torch reference loop); the data side's FPS order of every cloud (fpsample,
+# in loader workers, one cloud at a time).
 OPS = ("knn_auto", "knn_brute", "fps_auto", "fps_exact", "fps_order_data", "knn_torch_cluster", "fps_torch_cluster")
 #: Default stage schedule: stage s keeps N / RATIOS[s] centroids (1024 → 512 → 256 → 128).
 RATIOS = (2, 4, 8)
@@ -92,14 +95,14 @@ def build_classifier(
     dropout: float = 0.0,
     ratios: tuple[int, ...] | list[int] = RATIOS,
     steps: int = 2,
-    sampling: str = "prefix",
+    sampling: str = "fps",
     options: dict | None = None,
     widths: tuple[int, ...] | list[int] = WIDTHS,
 ) -> Classifier:
     """One benchmark model (backbone + the project's classification head) for clouds of ``num_points``.
 
-    ``sampling="prefix"``: inputs arrive in FPS order (as the data modules deliver them; see
-    :func:`ordered`), every model takes each stage's seeds as a prefix. ``options``: further keyword
+    ``sampling``: ``"fps"`` (the model samples: exact FPS in the first stage, prefixes after) or ``"prefix"``
+    (inputs in FPS order, see :func:`ordered`). ``options``: further keyword
     arguments of the centroid backbones (e.g. ``layer_scale``, ``normalize_offsets``). ``widths``: the stem
     width, then one width per stage.
     """
@@ -108,7 +111,7 @@ def build_classifier(
 
 
 def ordered(pos: Tensor) -> Tensor:
-    """Each cloud of ``[B, N, 3]`` in farthest-point order, as the data side delivers it."""
+    """Each cloud of ``[B, N, 3]`` in farthest-point order, as the data side's ``fps_order`` delivers it."""
     return torch.stack([FPSOrder()({"pos": p})["pos"] for p in pos.cpu()]).to(pos.device)
 
 
@@ -152,7 +155,7 @@ class CellSpec:
     compile: bool = False
     ratios: list[int] = field(default_factory=lambda: list(RATIOS))  # stage schedule N / r
     steps: int = 2  # T of the attention models
-    sampling: str = "prefix"  # seeds: prefix of FPS-ordered inputs, or "fps" in the model
+    sampling: str = "fps"  # seeds: exact FPS in the model, or "prefix" of inputs ordered outside the clock
     options: dict = field(default_factory=dict)  # further backbone keyword arguments (centroid variants)
 
 
@@ -278,19 +281,21 @@ def _run_model(spec: CellSpec) -> CellResult:
     model = build_classifier(spec.name, spec.num_points, 40, ratios=spec.ratios, steps=spec.steps,
                              sampling=spec.sampling, options=spec.options).to(dev)  # fmt: skip
     params = count_parameters(model)
-    # the data side's order, not timed here
+    # "prefix": ordered outside the clock, the contract of data ordered offline
     pos = ordered_surface_cloud(spec.batch, spec.num_points) if spec.sampling == "prefix" else surface_cloud(spec.batch, spec.num_points)
     pos = pos.to(dev)
     label = torch.arange(spec.batch, device=dev) % 40
     run = torch.compile(model) if spec.compile else model
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)  # GPU path: bf16 autocast
     notes = []
+    optimizer = torch.optim.AdamW(model.parameters())  # its state is part of the step's memory, as in training
 
     def step() -> None:
-        model.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         with autocast:
             loss = F.cross_entropy(run(pos), label)
         loss.backward()
+        optimizer.step()
 
     def infer() -> None:
         with torch.inference_mode(), autocast:
