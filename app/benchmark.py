@@ -10,6 +10,8 @@ the others (``--parts``):
 - ``ops``: neighbour search and sampling on their own (in-model kNN/FPS, the data side's FPS order).
 - ``train``: equal-budget training on the generated data, xyz only, one recipe, ``--seeds`` seeds, mean ± std
   (``benchmarks/training.py``), for the baselines and every centroid candidate in ``CANDIDATES``.
+- ``fit`` (only when asked for): a real ``python -m app fit`` of configs/modelnet40.yaml on generated data of
+  ModelNet40's size, timed end to end (``app/fit_benchmark.py``).
 
 Full CPU run (the one in BENCHMARKS.md): see the command in its header. A tiny end-to-end run:
 ``python -m app.benchmark --quick --output /tmp/BENCHMARKS.md``.
@@ -34,12 +36,15 @@ from pathlib import Path
 
 import torch
 
+from app.fit_benchmark import render_fit, run_fit
 from benchmarks.harness import MODELS, OPS, RATIOS, CellSpec, error_text, loglog_slope, run_cell
 from benchmarks.training import TrainSpec, prepare_training_data, train_and_test
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = "centroid_local"
-PARTS = ("cost", "ops", "train")
+PARTS = ("cost", "ops", "train", "fit")
+#: The parts a plain run redoes (``fit`` takes an epoch at paper scale: asked for by name).
+DEFAULT_PARTS = ("cost", "ops", "train")
 #: Config fields that define a training measurement: rows measured with the same values are comparable
 #: (a train run for some candidates keeps the others' rows only then).
 TRAIN_SETUP = ("seeds", "train_epochs", "train_points", "train_per_class", "test_per_class", "data_root")
@@ -98,6 +103,11 @@ class Config:
     data_root: str = "data/benchmark_modelnet"
     torch_cluster_python: str | None = None
     isolate: bool = True  # one subprocess per cell (honest peak memory); False runs cells in this process
+    fit_epochs: int = 1
+    fit_limit_batches: int | None = None  # training (and validation) batches per epoch; None: all
+    fit_workers: int | None = None  # loader workers; None: the config's
+    fit_data_root: str = "data/benchmark_modelnet40_size"
+    fit_timeout_s: float = 7200.0
 
 
 def quick_config(data_root: str) -> Config:
@@ -398,6 +408,8 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     if ops:
         out += _render_ops(cfg, ops, h)
     out += _render_train(train_cfg, train, h)
+    if results.get("fit"):
+        out += render_fit(results["fit"], h)
     out += ["", f"{h} Targets", ""] + targets(models, variants, cfg) + train_targets(train)
     return out
 
@@ -601,6 +613,9 @@ def run(cfg: Config, output: Path, command: str, parts: tuple[str, ...] = PARTS)
         results["cost"] = {table: _merge_cells(old.get(table, {}), new[table]) for table in ("models", "variants")}
     if "ops" in parts:
         results["ops"] = run_ops(cfg)
+    if "fit" in parts:
+        results["fit"] = run_fit(cfg.device, cfg.fit_data_root, cfg.fit_epochs, cfg.fit_limit_batches, cfg.fit_workers,
+                                 cfg.fit_timeout_s)  # fmt: skip
     kept_train = False
     if "train" in parts:  # candidates measured now replace theirs; the others are kept if measured the same way
         new, old = run_train(cfg), results.get("train", {})
@@ -630,7 +645,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m app.benchmark", description=__doc__.splitlines()[0])
     d = Config()
     p.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md")
-    p.add_argument("--parts", nargs="*", choices=PARTS, default=list(PARTS),
+    p.add_argument("--parts", nargs="*", choices=PARTS, default=list(DEFAULT_PARTS),
                    help="which parts to (re)run; the others are kept from <output>.json (none: only re-render)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, end to end in seconds (for tests)")
     p.add_argument("--sizes", type=int, nargs="+", default=d.sizes)
@@ -653,6 +668,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="generated test shapes per class (50: 600 test shapes, one shape = 0.17 points)")
     p.add_argument("--data-root", default=d.data_root)
     p.add_argument("--torch-cluster-python", default=None, help="a Python with torch_cluster, for the comparison")
+    p.add_argument("--fit-epochs", type=int, default=d.fit_epochs)
+    p.add_argument("--fit-limit-batches", type=int, default=None, help="training/validation batches per fit epoch")
+    p.add_argument("--fit-workers", type=int, default=None, help="loader workers of the fit (default: the config's)")
     a = p.parse_args(argv)
     if a.quick:
         cfg = quick_config(str(a.output.parent / "benchmark_data"))
@@ -661,7 +679,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = Config(a.sizes, a.local_sizes, a.variant_sizes, a.models, a.batch, a.repeats, a.cell_budget,
                      a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, a.candidates, a.seeds,
                      jobs=a.jobs, train_epochs=a.train_epochs, test_per_class=a.test_per_class, data_root=a.data_root,
-                     torch_cluster_python=a.torch_cluster_python)  # fmt: skip
+                     torch_cluster_python=a.torch_cluster_python, fit_epochs=a.fit_epochs,
+                     fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers)  # fmt: skip
     cfg.models = a.models
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda needs a CUDA build of torch and a GPU")

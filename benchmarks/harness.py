@@ -48,12 +48,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.autograd import DeviceType
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
+from benchmarks.fit_timer import busy_seconds
 from models.backbone import CentroidBackbone
 from models.centroid_attention import pair_flop_counter
 from models.flops import count_parameters
@@ -215,12 +215,7 @@ def gpu_busy_s(fn: Callable[[], object]) -> float:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA)
-    busy, end = 0.0, -math.inf
-    for a, b in spans:  # microseconds
-        busy += max(0.0, b - max(a, end))
-        end = max(end, b)
-    return busy / 1e6
+    return busy_seconds(prof)
 
 
 def tensor_peak_mib(fn: Callable[[], object]) -> float:
