@@ -28,7 +28,7 @@ def _reference(pos: torch.Tensor, m: int, start: torch.Tensor) -> torch.Tensor:
     return farthest_point_sample(pos.cpu(), m, method="exact", start=start.cpu())
 
 
-def _fps(pos: torch.Tensor, m: int, start: torch.Tensor, **kwargs: int) -> torch.Tensor:
+def _fps(pos: torch.Tensor, m: int, start: torch.Tensor, **kwargs: object) -> torch.Tensor:
     return triton_farthest_point_sample(pos.to(DEVICE), m, start.to(DEVICE), **kwargs).cpu()
 
 
@@ -163,18 +163,36 @@ def test_bad_arguments_raise_value_error() -> None:
             triton_farthest_point_sample(p, m, s)
     with pytest.raises(ValueError, match="power of two"):
         triton_farthest_point_sample(pos, 3, start, block=24)
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="start is on"):
+            triton_farthest_point_sample(pos.cuda(), 3, start)
     # validate=False skips only the value checks; a valid call then gives the reference's indices
-    torch.testing.assert_close(triton_farthest_point_sample(pos, 4, start, validate=False), _reference(pos, 4, start))
+    torch.testing.assert_close(_fps(pos, 4, start, validate=False), _reference(pos, 4, start), rtol=0, atol=0)
+
+
+def _grid_clouds(B: int, side: int, seed: int) -> torch.Tensor:
+    """``B`` shuffled copies of the integer grid ``side³`` (float32): exact distance ties everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.arange(side)
+    grid = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3).float()
+    return torch.stack([grid[torch.randperm(side**3, generator=g)] for _ in range(B)])
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("N", [1024, 4096])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_cuda_kernel_matches_the_cpu_reference(N: int, dtype: torch.dtype) -> None:
-    """Compiled (no fused multiply-adds): batch 8, the register path and a tiled sweep, the CPU reference's indices."""
-    pos, start = _cloud(8, N, seed=N, dtype=dtype)
-    want = _reference(pos if dtype != torch.bfloat16 else pos.float(), 512, start)
+@pytest.mark.parametrize("cloud", ["float32", "float64", "bfloat16", "grid"])
+def test_cuda_kernel_matches_the_cpu_reference(N: int, cloud: str) -> None:
+    """Compiled (no fused multiply-adds): batch 8, the register path and a tiled sweep give the CPU reference's
+    indices; Gaussian clouds in three dtypes, and integer grids of 10³ and 16³ points (ties broken to the lowest
+    index across warps)."""
+    if cloud == "grid":
+        pos, start = _grid_clouds(8, round(N ** (1 / 3)), seed=N), torch.arange(8) * 97
+    else:
+        pos, start = _cloud(8, N, seed=N, dtype=getattr(torch, cloud))
+    want = _reference(pos.float() if pos.dtype == torch.bfloat16 else pos, 512, start)
+    if cloud == "grid":
+        assert _tied_picks(pos[:1], want[:1]) > 100
     cuda_pos, cuda_start = pos.cuda(), start.cuda()
     for block in (None, 256):
         got = triton_farthest_point_sample(cuda_pos, 512, cuda_start, block=block)
