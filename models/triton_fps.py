@@ -8,7 +8,8 @@ overhead. :func:`triton_farthest_point_sample` runs the whole loop inside one ke
 - **Register path** (``N`` up to ``block``: :data:`MAX_BLOCK_N`, 8192, by default; 4096 for float64): the
   program loads its cloud's coordinates once and keeps them, with the running minimum squared distance of each
   point to the picks so far, in registers (``BLOCK_N``, the next power of two of ``N``, lanes; masked lanes hold
-  distance ``-1`` and never win). Each pick: store the index, load the picked point, update the distances, one argmax reduction.
+  distance ``-1`` and never win). Each pick: store the index, load the picked point, update the distances, one
+  argmax reduction.
 - **Tiled path** (``N`` above ``block``): the same loop, but each pick sweeps the cloud in tiles of ``block``
   points, reading the running distances from and writing them back to a scratch buffer ``[B, N]`` in global
   memory; the per-tile maxima are combined keeping the first (lowest-index) tile on equal values.
