@@ -123,3 +123,11 @@ def test_random_sample_is_distinct_and_seeded() -> None:
 def test_errors(call, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fast_fps_operator_on_cuda_equals_the_reference() -> None:
+    """On CUDA the operator runs the Triton kernel (models/triton_fps.py): the reference's indices."""
+    pos = torch.randn(8, 2048, 3, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(farthest_point_sample(pos.cuda(), 1024).cpu(), farthest_point_sample(pos, 1024, method="exact"))
