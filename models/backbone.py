@@ -20,6 +20,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
@@ -80,7 +81,9 @@ class KNNInit(nn.Module):
 
     With a BatchNorm (the default) and one layer the pairs are never built: z_ij = b_j − c_i with
     b_j = W_x x_j + W_p p_j and c_i = W_p p_i, and the max of a per-channel affine map is taken at one
-    neighbour (:func:`models.pairs.knn_batchnorm_max_pool`).
+    neighbour (:func:`models.pairs.knn_batchnorm_max_pool`). Any BatchNorm takes that path, the
+    ``nn.SyncBatchNorm`` that Lightning's ``sync_batchnorm`` swaps in included (statistics over the pairs of
+    every process).
 
     Shapes: x ``[B, N, C_in]``, points ``[B, N, 3]`` (p_j), centres ``[B, M, 3]`` (p_i), neighbors
     ``[B, M, k]`` → ``[B, M, C]``.
@@ -106,7 +109,7 @@ class KNNInit(nn.Module):
         (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
         index = flat_index(neighbors, N).reshape(B * M, k)
         chunk = chunk_rows(B * M, k * C, source.device, None)
-        if self.hidden is None and isinstance(self.norm, nn.BatchNorm1d):  # no pair is built (docs/operator.md §7)
+        if self.hidden is None and isinstance(self.norm, _BatchNorm):  # no pair is built (docs/operator.md §7)
             pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
                                             centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index, chunk)  # fmt: skip
             return self.proj(torch.relu(pooled.view(B, M, C)))
@@ -129,8 +132,8 @@ def _pair_norm_layer(dim: int, kind: InitNorm) -> nn.Module:
 
 
 def _pair_norm(norm: nn.Module, h: Tensor) -> Tensor:
-    """``norm`` on pair features ``[..., C]`` (BatchNorm1d sees them as ``[pairs, C]``)."""
-    if isinstance(norm, nn.BatchNorm1d):
+    """``norm`` on pair features ``[..., C]`` (a BatchNorm sees them as ``[pairs, C]``)."""
+    if isinstance(norm, _BatchNorm):
         return norm(h.reshape(-1, h.shape[-1])).view(h.shape)
     return norm(h)
 

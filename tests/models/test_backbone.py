@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import resource
 import time
 
@@ -358,6 +359,30 @@ def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval() 
     with torch.no_grad():  # eval: running statistics, so a cloud's output does not depend on its batch
         torch.testing.assert_close(net(pos)[:1], net(pos[:1]), rtol=1e-5, atol=1e-6)
     assert int(init.norm.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_sync_batch_norm_on_one_process_is_the_batch_norm(layers: int) -> None:
+    """Lightning's ``sync_batchnorm`` swaps each BatchNorm1d for a SyncBatchNorm; on one process it must compute
+    the same function: output, gradients and running statistics (it took the LayerNorm path before: max
+    difference 1.3, running statistics never updated)."""
+    torch.manual_seed(36)
+    plain = KNNInit(5, 8, layers=layers, norm="batch").double()
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+    assert isinstance(synced.norm, torch.nn.SyncBatchNorm)
+    x, points, centres = (torch.randn(2, n, c, dtype=torch.float64) for n, c in [(30, 5), (30, 3), (7, 3)])
+    nbr = torch.randint(0, 30, (2, 7, 4))
+    outs = [init(x, points, centres, nbr) for init in (plain, synced)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad(out.square().sum(), list(init.parameters())) for out, init in zip(outs, (plain, synced))]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(plain.buffers(), synced.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert int(synced.norm.num_batches_tracked) == 1
+    plain.eval(), synced.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(synced(x, points, centres, nbr), plain(x, points, centres, nbr), rtol=1e-12, atol=1e-12)
 
 
 def test_knn_init_defaults_to_batch_norm() -> None:
