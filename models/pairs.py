@@ -301,8 +301,10 @@ def _chunked_neighbour_max(values: Tensor, index: Tensor, chunk: int, keep: bool
         z = values.index_select(0, index[rows].reshape(-1)).view(-1, K, C)  # (c, K, C)
         torch.amax(z, dim=1, out=top[rows])
         if keep:  # 1 + the last k reaching the max; in place on the chunk (measured 4× faster than argmax)
-            torch.amax(z.sub_(top[rows].unsqueeze(1)).eq_(0).mul_(rank), dim=1, out=winner[rows])
-    return top, None if winner is None else winner.sub_(1).to(winner_dtype(K))
+            torch.amax(z.eq_(top[rows].unsqueeze(1)).mul_(rank), dim=1, out=winner[rows])
+    # a NaN maximum equals no neighbour: its gradient goes to k = 0 (z − max compared with 0 before: −1 for NaN
+    # and for rows of ±inf, an index out of range in backward)
+    return top, None if winner is None else winner.clamp_min_(1).sub_(1).to(winner_dtype(K))
 
 
 def winner_dtype(k: int) -> torch.dtype:
@@ -364,7 +366,8 @@ _neighbour_max_op.register_autograd(_neighbour_max_grad, setup_context=_neighbou
 def neighbour_max(values: Tensor, index: Tensor, chunk: int, *, triton: bool | None = None) -> Tensor:
     """``max_k values[index[r, k]]`` per row and channel, chunked over rows: values ``[S, C]``, index ``[R, K]``
     long → ``[R, C]``. Backward routes each row's channel gradient to one winner (the last k among ties; a
-    subgradient), remembered in forward as a small integer per row and channel, so backward is one scatter.
+    subgradient), remembered in forward as a small integer per row and channel, so backward is one scatter. A NaN
+    among the neighbours gives NaN, as ``torch.amax``, with its gradient at k = 0.
     ``triton``: run the Triton kernels of ``models.triton_pairs`` (default: :func:`use_triton`); either way one
     custom operator, forward and backward, as :func:`local_attention`."""
     triton = use_triton(values.device) if triton is None else triton

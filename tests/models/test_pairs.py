@@ -181,6 +181,36 @@ def test_neighbour_max_equals_amax_and_routes_each_gradient_to_one_winner(chunk:
         torch.testing.assert_close(neighbour_max(values, index, chunk), got.detach())
 
 
+def non_finite_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """values ``[S, 3]`` float64 where row 0's neighbours are all −inf on channel 0, row 1 holds a NaN on channel
+    1 and +inf on channel 2; index ``[R, K]`` (K = 5: Triton pads to 8 lanes); the gradient each input gets from
+    ``top.sum()``: one per row and channel, at the last k reaching the max (k = 0 for a NaN max)."""
+    g = torch.Generator().manual_seed(13)
+    values, index = torch.randn(S, 3, generator=g, dtype=torch.float64), torch.randint(0, S, (R, K), generator=g)
+    index[0], index[1] = torch.arange(0, K), torch.arange(K, 2 * K)
+    values[:K, 0] = float("-inf")
+    values[K + 2, 1], values[K + 3, 2] = float("nan"), float("inf")
+    want = torch.zeros_like(values)
+    for r in range(R):
+        for c in range(3):
+            top = values[index[r], c].amax()
+            k = max([k for k in range(K) if values[index[r, k], c] == top], default=0)
+            want[index[r, k], c] += 1
+    return values, index, want
+
+
+@pytest.mark.parametrize("chunk", [1, 4, R])
+def test_neighbour_max_of_non_finite_rows(chunk: int) -> None:
+    """−inf, +inf and NaN rows: NaN propagates as torch.amax does, every winner is a neighbour (a row of −inf gave
+    k = −1 before: an index error in backward)."""
+    values, index, want = non_finite_rows()
+    leaf = values.clone().requires_grad_()
+    top = neighbour_max(leaf, index, chunk)
+    torch.testing.assert_close(top, values[index].amax(dim=1), rtol=0, atol=0, equal_nan=True)
+    (grad,) = torch.autograd.grad(top.sum(), leaf)
+    torch.testing.assert_close(grad, want, rtol=0, atol=0)
+
+
 def test_knn_batchnorm_max_pool_runs_under_bf16_autocast_on_cpu() -> None:
     g = torch.Generator().manual_seed(7)
     source = torch.randn(S, 8, generator=g).to(torch.bfloat16).requires_grad_()

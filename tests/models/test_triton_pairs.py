@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from models.pairs import local_attention, neighbour_max
-from tests.models.test_pairs import _attention_formula
+from tests.models.test_pairs import _attention_formula, non_finite_rows
 
 pytest.importorskip("triton", reason="Triton is not installed (the dev extras bring it on Linux x86-64)")
 
@@ -97,6 +97,17 @@ def test_triton_neighbour_max_equals_the_chunked_function() -> None:
     torch.testing.assert_close(results[1], results[3], rtol=0, atol=1e-12)
     with torch.no_grad():
         torch.testing.assert_close(neighbour_max(values, index, 7, triton=True), results[2])
+
+
+def test_triton_neighbour_max_of_non_finite_rows() -> None:
+    """−inf, +inf and NaN rows, K = 5 in 8 lanes: NaN propagates, and no padded lane wins (a row of −inf picked
+    k = 7 before, so backward added into another row's neighbour or past the end of the index)."""
+    values, index, want = (t.to(DEVICE) for t in non_finite_rows())
+    leaf = values.clone().requires_grad_()
+    top = neighbour_max(leaf, index, 0, triton=True)
+    torch.testing.assert_close(top, values[index].amax(dim=1), rtol=0, atol=0, equal_nan=True)
+    (grad,) = torch.autograd.grad(top.sum(), leaf)
+    torch.testing.assert_close(grad, want, rtol=0, atol=0)
 
 
 @pytest.mark.gpu
