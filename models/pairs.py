@@ -24,8 +24,9 @@ Forward keeps the weights ``a`` ``[R, K, h]`` (1/d of a per-pair tensor).
 
 **KNN max-pool, LayerNorm** (:func:`knn_max_pool`), the per-pair part of the KNN initialisation
 (docs/operator.md §2): ``y_r = max_k LN(x_{j(r,k)} + W_p o_rk)`` per channel, with the offsets
-``o_rk = p_j − p_i``. Forward keeps per-row results only; backward rebuilds the chunk's pairs and routes each
-channel's gradient to the neighbours that reach the maximum (shared among ties, as autograd's ``amax`` does).
+``o_rk = p_j − p_i``. Forward keeps its inputs only; backward rebuilds the chunk's pairs, takes their max
+again and routes each channel's gradient to the neighbours that reach it (shared among ties, as autograd's
+``amax`` does).
 
 **KNN max-pool, BatchNorm** (:func:`knn_batchnorm_max_pool`, the default): the pair feature splits into a
 per-input and a per-row term, so no pair is built at all; the only per-pair step left is a max over gathered
@@ -231,16 +232,16 @@ class _KNNMaxPool(torch.autograd.Function):
             rows = slice(s, s + chunk)
             z = _pair_input(source, offsets[rows], w_pos, index[rows])  # (c, K, C)
             torch.amax(F.layer_norm(z, (C,), weight, bias, eps), dim=1, out=pooled[rows])
-        ctx.save_for_backward(source, offsets, w_pos, weight, bias, index, pooled)
+        ctx.save_for_backward(source, offsets, w_pos, weight, bias, index)
         ctx.eps, ctx.chunk = eps, chunk
         return pooled
 
     @staticmethod
     def backward(ctx, g_pooled):  # noqa: ANN001, ANN205
-        source, offsets, w_pos, weight, bias, index, pooled = ctx.saved_tensors
+        source, offsets, w_pos, weight, bias, index = ctx.saved_tensors
         R, K = index.shape
         C = source.shape[1]
-        g_pooled = g_pooled.to(pooled.dtype).contiguous()  # compiled graphs may pass another dtype
+        g_pooled = g_pooled.to(source.dtype).contiguous()  # compiled graphs may pass another dtype
         g_source, g_w_pos = torch.zeros_like(source), torch.zeros_like(w_pos)
         g_weight, g_bias = torch.zeros_like(weight), torch.zeros_like(bias)
         g_offsets = torch.empty_like(offsets) if ctx.needs_input_grad[1] else None
@@ -248,8 +249,10 @@ class _KNNMaxPool(torch.autograd.Function):
             rows, flat = slice(s, s + ctx.chunk), index[s : s + ctx.chunk].reshape(-1)
             z = _pair_input(source, offsets[rows], w_pos, index[rows])  # (c, K, C)
             y, mean, rstd = torch.native_layer_norm(z, (C,), weight, bias, ctx.eps)
-            winner = y == pooled[rows].unsqueeze(1)  # (c, K, C); ties share the gradient, as amax's backward does
-            share = g_pooled[rows] / winner.sum(1)  # (c, C)
+            # (c, K, C); ties share the gradient, as amax's backward does. Compared with the recomputed max, not the
+            # forward's: they can differ by an ulp, and no pair would then win (0 / 0 = NaN before).
+            winner = y == y.amax(1, keepdim=True)
+            share = g_pooled[rows] / winner.sum(1).clamp_min(1)  # (c, C); no winner only in a NaN row
             g_y = winner * share.unsqueeze(1)  # (a boolean product measured faster than torch.where)
             g_z, g_w, g_b = torch.ops.aten.native_layer_norm_backward(
                 g_y, z, (C,), mean, rstd, weight, bias, [True, True, True]

@@ -125,6 +125,22 @@ def _batchnorm_pool_formula(source, points, centres, w_pos, norm, index):  # noq
     return norm(pairs.view(-1, pairs.shape[-1])).view(pairs.shape).amax(dim=1)
 
 
+def test_knn_max_pool_backward_survives_an_ulp_between_forward_and_recomputation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backward recomputes the pairs' LayerNorm; where it differs from the forward's by an ulp (another kernel or
+    thread count) the winners are still found: the same gradients, no NaN (no pair matched the forward's max
+    before: 0 / 0)."""
+    g = torch.Generator().manual_seed(14)
+    C = 6
+    source, offsets = torch.randn(S, C, generator=g, requires_grad=True), torch.randn(R, K, 3, generator=g)
+    w_pos, norm, index = torch.randn(C, 3, generator=g), torch.nn.LayerNorm(C), torch.randint(0, S, (R, K), generator=g)
+    (want,) = torch.autograd.grad(knn_max_pool(source, offsets, w_pos, norm, index, 4).sum(), source)
+    layer_norm = torch.nn.functional.layer_norm
+    monkeypatch.setattr(torch.nn.functional, "layer_norm",
+                        lambda *a, **kw: torch.nextafter(layer_norm(*a, **kw), torch.tensor(float("inf"))))  # fmt: skip
+    (got,) = torch.autograd.grad(knn_max_pool(source, offsets, w_pos, norm, index, 4).sum(), source)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_knn_batchnorm_max_pool_equals_its_formula(training: bool) -> None:
     """BatchNorm over the R·K pairs: forward, every gradient and the running statistics as nn.BatchNorm1d."""
