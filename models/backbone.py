@@ -15,6 +15,8 @@ Shapes:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -138,6 +140,19 @@ def _pair_norm(norm: nn.Module, h: Tensor) -> Tensor:
     return norm(h)
 
 
+@contextlib.contextmanager
+def _running_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Every BatchNorm buffer of ``module`` (running mean, variance, batch count) as it was on entering."""
+    buffers = [b for m in module.modules() if isinstance(m, _BatchNorm) for b in m.buffers(recurse=False)]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in zip(buffers, saved):
+                b.copy_(value)
+
+
 class CentroidStage(nn.Module):
     """N points → M centroids: seeds + KNN init + centroid attention + self-attention among the centroids.
 
@@ -155,9 +170,8 @@ class CentroidStage(nn.Module):
             of each pair, the choice before issue 12), docs/operator.md §6.
         recompute: when gradients are recorded, keep only the stage's inputs and recompute its activations in
             the backward pass (activation checkpointing): for clouds too large for memory, at the price of a
-            second forward pass (BENCHMARKS.md, variants). Off by default: speed first. With a BatchNorm KNN
-            initialisation its running statistics are then updated twice per training step (forward and
-            recomputation, with the same batch statistics).
+            second forward pass (BENCHMARKS.md, variants). Off by default: speed first. The BatchNorms' running
+            statistics are updated once per training step: the recomputation puts them back as it found them.
         sampling: seeds are the first M inputs (``"prefix"``: inputs arrive in farthest-point order, as the
             data modules deliver them), an in-model FPS (``"fps"``, order-independent, for unordered inputs),
             or ``"random"`` (docs/operator.md §2 choice).
@@ -223,8 +237,14 @@ class CentroidStage(nn.Module):
     def forward(self, pos: Tensor, x: Tensor, return_attention: bool = False, stage: int = 1) -> StageOutput:
         """pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → :class:`StageOutput` with M centroids of width out_dim."""
         if self.recompute and torch.is_grad_enabled():  # nothing inside is kept for backward but the inputs
-            return checkpoint(self._forward, pos, x, return_attention, stage, use_reentrant=False)
+            return checkpoint(self._forward, pos, x, return_attention, stage, use_reentrant=False,
+                              context_fn=self._checkpoint_contexts)  # fmt: skip
         return self._forward(pos, x, return_attention, stage)
+
+    def _checkpoint_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """The contexts of the checkpointed forward and of its recomputation in backward: the recomputation leaves
+        the running statistics as the forward left them (updated once per step)."""
+        return contextlib.nullcontext(), _running_statistics_kept(self)
 
     def _forward(self, pos: Tensor, x: Tensor, return_attention: bool, stage: int) -> StageOutput:
         n_in = pos.shape[1]

@@ -371,6 +371,22 @@ def test_recomputed_stage_gives_the_same_output_and_gradients() -> None:
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_recompute_updates_the_running_statistics_once(layers: int) -> None:
+    """One training step with ``recompute=True``: running mean, variance and batch count as without it (the
+    recomputation in backward updated them a second time before)."""
+    pos, x = _cloud(2, 64, 37, 8)
+    buffers = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        stage = CentroidStage(8, 16, 16, k=6, heads=2, init_layers=layers, recompute=recompute)
+        stage(pos, x).feat.square().sum().backward()
+        buffers.append(list(stage.buffers()))
+    assert len(buffers[0]) == 3 * layers and int(buffers[1][2]) == 1
+    for a, b in zip(*buffers, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval() -> None:
     pos, _ = _cloud(3, 64, 35)
     outs = {}
