@@ -36,7 +36,9 @@ local attention runs as sparse products instead (``models.csr``, docs/operator.m
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -54,8 +56,24 @@ CPU_CHUNK_ELEMENTS = 1 << 19
 
 
 def use_triton(device: torch.device) -> bool:
-    """Whether the Triton kernels of ``models.triton_pairs`` run: on CUDA, where Triton is installed."""
-    return TRITON and device.type == "cuda"
+    """Whether the Triton kernels of ``models.triton_pairs`` run: on CUDA, where Triton is installed, unless
+    deterministic algorithms are asked for (``torch.use_deterministic_algorithms``, Lightning's ``deterministic:
+    true``). Their backward adds gradients with atomic adds, in no fixed order; the chunked functions' scatter
+    adds then run torch's deterministic kernels."""
+    return TRITON and device.type == "cuda" and not torch.are_deterministic_algorithms_enabled()
+
+
+@functools.cache
+def _warn_atomic_adds(op: str) -> None:
+    """Once per operator: its Triton backward was asked for (``triton=True``) under deterministic algorithms."""
+    warnings.warn(f"centroid::{op}: the Triton backward adds gradients with atomic adds, in no fixed order, although "
+                  "deterministic algorithms are enabled; leave triton to its default for the deterministic chunked "
+                  "path", stacklevel=2)  # fmt: skip
+
+
+def _check_determinism(op: str, triton: bool) -> None:
+    if triton and torch.are_deterministic_algorithms_enabled():
+        _warn_atomic_adds(op)
 
 
 def chunk_rows(rows: int, per_row: int, device: torch.device, max_rows: int | None) -> int:
@@ -153,6 +171,7 @@ def _attention_backward_op(
     if rel is not None:
         g_mixed = q.new_zeros(*q.shape[:2], rel.shape[-1]) if g_mixed is None else g_mixed.to(q.dtype).contiguous()
     saved = (g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale)
+    _check_determinism("local_attention_backward", triton)
     if triton:
         from models.triton_pairs import triton_attention_backward  # imports Triton: on CUDA only
 
@@ -335,6 +354,7 @@ def _(values, index, chunk, keep, triton):  # noqa: ANN001, ANN202
 
 @torch.library.custom_op("centroid::neighbour_max_backward", mutates_args=())
 def _neighbour_max_backward_op(grad: Tensor, index: Tensor, winner: Tensor, sources: int, triton: bool) -> Tensor:
+    _check_determinism("neighbour_max_backward", triton)
     if triton:
         from models.triton_pairs import triton_neighbour_max_backward  # imports Triton: on CUDA only
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from models.csr import Pattern, csr_local_attention
-from models.pairs import chunk_rows, knn_batchnorm_max_pool, knn_max_pool, local_attention, neighbour_max
+from models.pairs import chunk_rows, knn_batchnorm_max_pool, knn_max_pool, local_attention, neighbour_max, use_triton
 
 R, S, K, H, D, E = 11, 20, 5, 2, 3, 4
 
@@ -312,6 +314,26 @@ def test_sync_batchnorm_over_two_processes_equals_one_process_on_the_whole_batch
     torch.testing.assert_close(torch.cat([ranks[0][4], ranks[1][4]]), g_source, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(ranks[0][5] + ranks[1][5], g_w_pos, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(ranks[0][6] + ranks[1][6], g_weight, rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` (Lightning's ``deterministic: true``) for one test."""
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def test_deterministic_algorithms_take_the_chunked_path(deterministic: None) -> None:
+    """Under deterministic algorithms CUDA takes the chunked functions (torch's deterministic scatter adds), not the
+    Triton kernels, whose backward adds with atomics in no fixed order (they were used, silently, before); the
+    chunked backward runs without a warning."""
+    assert not use_triton(torch.device("cuda"))
+    values, index, _ = non_finite_rows()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        neighbour_max(values.nan_to_num().requires_grad_(), index, 4).sum().backward()
 
 
 def test_neighbourhood_pattern_and_its_transpose_hold_the_pairs() -> None:
