@@ -387,18 +387,23 @@ def test_recompute_updates_the_running_statistics_once(layers: int) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval() -> None:
+@pytest.mark.parametrize("layers", [1, 2])
+def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval(layers: int) -> None:
+    """One layer is the default, fused path (models.pairs.knn_batchnorm_max_pool; only the two-layer one, in
+    autograd, was tested before); two layers the BatchNorm1d modules."""
     pos, _ = _cloud(3, 64, 35)
     outs = {}
     for norm in ("layer", "batch"):
         torch.manual_seed(0)
-        net = CentroidBackbone(**SMALL, init_norm=norm, init_layers=2)
+        net = CentroidBackbone(**SMALL, init_norm=norm, init_layers=layers)
         outs[norm] = net(pos)
         assert outs[norm].shape == (3, 8, 32) and torch.isfinite(outs[norm]).all()
     assert not torch.allclose(outs["layer"], outs["batch"])
     init = net.stages[0].init
-    assert isinstance(init.norm, torch.nn.BatchNorm1d) and isinstance(init.hidden[2], torch.nn.BatchNorm1d)
+    norms = [init.norm] if layers == 1 else [init.norm, init.hidden[2]]
+    assert all(isinstance(n, torch.nn.BatchNorm1d) for n in norms) and (init.hidden is None) == (layers == 1)
     assert int(init.norm.num_batches_tracked) == 1  # statistics over the B·M·k pairs of the training batch
+    assert not torch.equal(init.norm.running_mean, torch.zeros_like(init.norm.running_mean))
     net.eval()
     with torch.no_grad():  # eval: running statistics, so a cloud's output does not depend on its batch
         torch.testing.assert_close(net(pos)[:1], net(pos[:1]), rtol=1e-5, atol=1e-6)
