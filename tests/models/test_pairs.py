@@ -89,7 +89,8 @@ def test_local_attention_runs_under_bf16_autocast_on_cpu(kernel: str) -> None:
     half = [t.detach().to(torch.bfloat16).requires_grad_() for t in tensors]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = KERNELS[kernel](*half[:3], index, 0.5, 4, *half[3:])
-    want = _attention_formula(*(t.detach().double() for t in half[:3]), index, 0.5, *(t.detach().double() for t in half[3:]))
+    wide = [t.detach().double() for t in half]
+    want = _attention_formula(*wide[:3], index, 0.5, *wide[3:])
     for a, b in zip(got, want, strict=True):
         assert a.dtype == torch.bfloat16 and ((a.double() - b).norm() / b.norm()).item() < 2e-2
     (got[0].float().sum() + got[1].float().sum()).backward()
@@ -269,7 +270,7 @@ def _two_clouds() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """source, points, centres of both clouds concatenated (float64), w_pos, and index ``[R, K]`` into the inputs."""
     g = torch.Generator().manual_seed(12)
     C, (S0, R0), (S1, R1) = 6, *CLOUDS
-    source, points = torch.randn(S0 + S1, C, generator=g, dtype=torch.float64), torch.randn(S0 + S1, 3, generator=g, dtype=torch.float64)
+    source, points = (torch.randn(S0 + S1, n, generator=g, dtype=torch.float64) for n in (C, 3))
     centres = torch.cat([points[:R0], points[S0 : S0 + R1]])
     index = torch.cat([torch.randint(0, S0, (R0, K), generator=g), torch.randint(S0, S0 + S1, (R1, K), generator=g)])
     return [source, points, centres], torch.randn(C, 3, generator=g, dtype=torch.float64), index
