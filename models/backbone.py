@@ -17,11 +17,14 @@ Shapes:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
@@ -82,7 +85,9 @@ class KNNInit(nn.Module):
 
     With a BatchNorm (the default) and one layer the pairs are never built: z_ij = b_j − c_i with
     b_j = W_x x_j + W_p p_j and c_i = W_p p_i, and the max of a per-channel affine map is taken at one
-    neighbour (:func:`models.pairs.knn_batchnorm_max_pool`).
+    neighbour (:func:`models.pairs.knn_batchnorm_max_pool`). Any BatchNorm takes that path, the
+    ``nn.SyncBatchNorm`` that Lightning's ``sync_batchnorm`` swaps in included (statistics over the pairs of
+    every process).
 
     Shapes: x ``[B, N, C_in]``, points ``[B, N, 3]`` (p_j), centres ``[B, M, 3]`` (p_i), neighbors
     ``[B, M, k]`` → ``[B, M, C]``.
@@ -108,7 +113,7 @@ class KNNInit(nn.Module):
         (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
         index = flat_index(neighbors, N).reshape(B * M, k)
         chunk = chunk_rows(B * M, k * C, source.device, None)
-        if self.hidden is None and isinstance(self.norm, nn.BatchNorm1d):  # no pair is built (docs/operator.md §7)
+        if self.hidden is None and isinstance(self.norm, _BatchNorm):  # no pair is built (docs/operator.md §7)
             pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
                                             centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index, chunk)  # fmt: skip
             return self.proj(torch.relu(pooled.view(B, M, C)))
@@ -131,10 +136,23 @@ def _pair_norm_layer(dim: int, kind: InitNorm) -> nn.Module:
 
 
 def _pair_norm(norm: nn.Module, h: Tensor) -> Tensor:
-    """``norm`` on pair features ``[..., C]`` (BatchNorm1d sees them as ``[pairs, C]``)."""
-    if isinstance(norm, nn.BatchNorm1d):
+    """``norm`` on pair features ``[..., C]`` (a BatchNorm sees them as ``[pairs, C]``)."""
+    if isinstance(norm, _BatchNorm):
         return norm(h.reshape(-1, h.shape[-1])).view(h.shape)
     return norm(h)
+
+
+@contextlib.contextmanager
+def _running_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Every BatchNorm buffer of ``module`` (running mean, variance, batch count) as it was on entering."""
+    buffers = [b for m in module.modules() if isinstance(m, _BatchNorm) for b in m.buffers(recurse=False)]
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in zip(buffers, saved):
+                b.copy_(value)
 
 
 class CentroidStage(nn.Module):
@@ -154,9 +172,8 @@ class CentroidStage(nn.Module):
             of each pair, the choice before issue 12), docs/operator.md §6.
         recompute: when gradients are recorded, keep only the stage's inputs and recompute its activations in
             the backward pass (activation checkpointing): for clouds too large for memory, at the price of a
-            second forward pass (BENCHMARKS.md, variants). Off by default: speed first. With a BatchNorm KNN
-            initialisation its running statistics are then updated twice per training step (forward and
-            recomputation, with the same batch statistics).
+            second forward pass (BENCHMARKS.md, variants). Off by default: speed first. The BatchNorms' running
+            statistics are updated once per training step: the recomputation puts them back as it found them.
         sampling: seeds by exact FPS of the stage's inputs (``"fps"``, order-independent: started at the
             point farthest from the mean; the backbone runs it in its first stage only and gives the later
             stages ``"prefix"``), the first M inputs (``"prefix"``: a contract that the inputs are in
@@ -223,8 +240,14 @@ class CentroidStage(nn.Module):
     def forward(self, pos: Tensor, x: Tensor, return_attention: bool = False, stage: int = 1) -> StageOutput:
         """pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → :class:`StageOutput` with M centroids of width out_dim."""
         if self.recompute and torch.is_grad_enabled():  # nothing inside is kept for backward but the inputs
-            return checkpoint(self._forward, pos, x, return_attention, stage, use_reentrant=False)
+            return checkpoint(self._forward, pos, x, return_attention, stage, use_reentrant=False,
+                              context_fn=self._checkpoint_contexts)  # fmt: skip
         return self._forward(pos, x, return_attention, stage)
+
+    def _checkpoint_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """The contexts of the checkpointed forward and of its recomputation in backward: the recomputation leaves
+        the running statistics as the forward left them (updated once per step)."""
+        return contextlib.nullcontext(), _running_statistics_kept(self)
 
     def _forward(self, pos: Tensor, x: Tensor, return_attention: bool, stage: int) -> StageOutput:
         n_in = pos.shape[1]

@@ -24,8 +24,9 @@ Forward keeps the weights ``a`` ``[R, K, h]`` (1/d of a per-pair tensor).
 
 **KNN max-pool, LayerNorm** (:func:`knn_max_pool`), the per-pair part of the KNN initialisation
 (docs/operator.md §2): ``y_r = max_k LN(x_{j(r,k)} + W_p o_rk)`` per channel, with the offsets
-``o_rk = p_j − p_i``. Forward keeps per-row results only; backward rebuilds the chunk's pairs and routes each
-channel's gradient to the neighbours that reach the maximum (shared among ties, as autograd's ``amax`` does).
+``o_rk = p_j − p_i``. Forward keeps its inputs only; backward rebuilds the chunk's pairs, takes their max
+again and routes each channel's gradient to the neighbours that reach it (shared among ties, as autograd's
+``amax`` does).
 
 **KNN max-pool, BatchNorm** (:func:`knn_batchnorm_max_pool`, the default): the pair feature splits into a
 per-input and a per-row term, so no pair is built at all; the only per-pair step left is a max over gathered
@@ -35,11 +36,15 @@ local attention runs as sparse products instead (``models.csr``, docs/operator.m
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import warnings
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from models.ops import widest_dtype
 
@@ -51,8 +56,24 @@ CPU_CHUNK_ELEMENTS = 1 << 19
 
 
 def use_triton(device: torch.device) -> bool:
-    """Whether the Triton kernels of ``models.triton_pairs`` run: on CUDA, where Triton is installed."""
-    return TRITON and device.type == "cuda"
+    """Whether the Triton kernels of ``models.triton_pairs`` run: on CUDA, where Triton is installed, unless
+    deterministic algorithms are asked for (``torch.use_deterministic_algorithms``, Lightning's ``deterministic:
+    true``). Their backward adds gradients with atomic adds, in no fixed order; the chunked functions' scatter
+    adds then run torch's deterministic kernels."""
+    return TRITON and device.type == "cuda" and not torch.are_deterministic_algorithms_enabled()
+
+
+@functools.cache
+def _warn_atomic_adds(op: str) -> None:
+    """Once per operator: its Triton backward was asked for (``triton=True``) under deterministic algorithms."""
+    warnings.warn(f"centroid::{op}: the Triton backward adds gradients with atomic adds, in no fixed order, although "
+                  "deterministic algorithms are enabled; leave triton to its default for the deterministic chunked "
+                  "path", stacklevel=2)  # fmt: skip
+
+
+def _check_determinism(op: str, triton: bool) -> None:
+    if triton and torch.are_deterministic_algorithms_enabled():
+        _warn_atomic_adds(op)
 
 
 def chunk_rows(rows: int, per_row: int, device: torch.device, max_rows: int | None) -> int:
@@ -150,6 +171,7 @@ def _attention_backward_op(
     if rel is not None:
         g_mixed = q.new_zeros(*q.shape[:2], rel.shape[-1]) if g_mixed is None else g_mixed.to(q.dtype).contiguous()
     saved = (g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale)
+    _check_determinism("local_attention_backward", triton)
     if triton:
         from models.triton_pairs import triton_attention_backward  # imports Triton: on CUDA only
 
@@ -229,16 +251,16 @@ class _KNNMaxPool(torch.autograd.Function):
             rows = slice(s, s + chunk)
             z = _pair_input(source, offsets[rows], w_pos, index[rows])  # (c, K, C)
             torch.amax(F.layer_norm(z, (C,), weight, bias, eps), dim=1, out=pooled[rows])
-        ctx.save_for_backward(source, offsets, w_pos, weight, bias, index, pooled)
+        ctx.save_for_backward(source, offsets, w_pos, weight, bias, index)
         ctx.eps, ctx.chunk = eps, chunk
         return pooled
 
     @staticmethod
     def backward(ctx, g_pooled):  # noqa: ANN001, ANN205
-        source, offsets, w_pos, weight, bias, index, pooled = ctx.saved_tensors
+        source, offsets, w_pos, weight, bias, index = ctx.saved_tensors
         R, K = index.shape
         C = source.shape[1]
-        g_pooled = g_pooled.to(pooled.dtype).contiguous()  # compiled graphs may pass another dtype
+        g_pooled = g_pooled.to(source.dtype).contiguous()  # compiled graphs may pass another dtype
         g_source, g_w_pos = torch.zeros_like(source), torch.zeros_like(w_pos)
         g_weight, g_bias = torch.zeros_like(weight), torch.zeros_like(bias)
         g_offsets = torch.empty_like(offsets) if ctx.needs_input_grad[1] else None
@@ -246,8 +268,10 @@ class _KNNMaxPool(torch.autograd.Function):
             rows, flat = slice(s, s + ctx.chunk), index[s : s + ctx.chunk].reshape(-1)
             z = _pair_input(source, offsets[rows], w_pos, index[rows])  # (c, K, C)
             y, mean, rstd = torch.native_layer_norm(z, (C,), weight, bias, ctx.eps)
-            winner = y == pooled[rows].unsqueeze(1)  # (c, K, C); ties share the gradient, as amax's backward does
-            share = g_pooled[rows] / winner.sum(1)  # (c, C)
+            # (c, K, C); ties share the gradient, as amax's backward does. Compared with the recomputed max, not the
+            # forward's: they can differ by an ulp, and no pair would then win (0 / 0 = NaN before).
+            winner = y == y.amax(1, keepdim=True)
+            share = g_pooled[rows] / winner.sum(1).clamp_min(1)  # (c, C); no winner only in a NaN row
             g_y = winner * share.unsqueeze(1)  # (a boolean product measured faster than torch.where)
             g_z, g_w, g_b = torch.ops.aten.native_layer_norm_backward(
                 g_y, z, (C,), mean, rstd, weight, bias, [True, True, True]
@@ -299,8 +323,10 @@ def _chunked_neighbour_max(values: Tensor, index: Tensor, chunk: int, keep: bool
         z = values.index_select(0, index[rows].reshape(-1)).view(-1, K, C)  # (c, K, C)
         torch.amax(z, dim=1, out=top[rows])
         if keep:  # 1 + the last k reaching the max; in place on the chunk (measured 4× faster than argmax)
-            torch.amax(z.sub_(top[rows].unsqueeze(1)).eq_(0).mul_(rank), dim=1, out=winner[rows])
-    return top, None if winner is None else winner.sub_(1).to(winner_dtype(K))
+            torch.amax(z.eq_(top[rows].unsqueeze(1)).mul_(rank), dim=1, out=winner[rows])
+    # a NaN maximum equals no neighbour: its gradient goes to k = 0 (z − max compared with 0 before: −1 for NaN
+    # and for rows of ±inf, an index out of range in backward)
+    return top, None if winner is None else winner.clamp_min_(1).sub_(1).to(winner_dtype(K))
 
 
 def winner_dtype(k: int) -> torch.dtype:
@@ -328,6 +354,7 @@ def _(values, index, chunk, keep, triton):  # noqa: ANN001, ANN202
 
 @torch.library.custom_op("centroid::neighbour_max_backward", mutates_args=())
 def _neighbour_max_backward_op(grad: Tensor, index: Tensor, winner: Tensor, sources: int, triton: bool) -> Tensor:
+    _check_determinism("neighbour_max_backward", triton)
     if triton:
         from models.triton_pairs import triton_neighbour_max_backward  # imports Triton: on CUDA only
 
@@ -362,7 +389,8 @@ _neighbour_max_op.register_autograd(_neighbour_max_grad, setup_context=_neighbou
 def neighbour_max(values: Tensor, index: Tensor, chunk: int, *, triton: bool | None = None) -> Tensor:
     """``max_k values[index[r, k]]`` per row and channel, chunked over rows: values ``[S, C]``, index ``[R, K]``
     long → ``[R, C]``. Backward routes each row's channel gradient to one winner (the last k among ties; a
-    subgradient), remembered in forward as a small integer per row and channel, so backward is one scatter.
+    subgradient), remembered in forward as a small integer per row and channel, so backward is one scatter. A NaN
+    among the neighbours gives NaN, as ``torch.amax``, with its gradient at k = 0.
     ``triton``: run the Triton kernels of ``models.triton_pairs`` (default: :func:`use_triton`); either way one
     custom operator, forward and backward, as :func:`local_attention`."""
     triton = use_triton(values.device) if triton is None else triton
@@ -371,8 +399,7 @@ def neighbour_max(values: Tensor, index: Tensor, chunk: int, *, triton: bool | N
 
 
 def knn_batchnorm_max_pool(
-    source: Tensor, points: Tensor, centres: Tensor, w_pos: Tensor, norm: torch.nn.BatchNorm1d, index: Tensor,
-    chunk: int,
+    source: Tensor, points: Tensor, centres: Tensor, w_pos: Tensor, norm: _BatchNorm, index: Tensor, chunk: int
 ) -> Tensor:
     """``max_k BN(source_j + W_p (p_j − p_r))`` per channel, j = index[r, k], with BN a BatchNorm of each channel
     over all R·K pairs: the pairs are never built.
@@ -382,37 +409,82 @@ def knn_batchnorm_max_pool(
     and at min_k b_j = −max_k(−b_j) where a < 0 (:func:`neighbour_max`). The batch statistics are sums over
     pairs of b_j, b_j² and c_r·b_j: per input, the number of its pairs and the sum of their rows' positions
     (c_r is linear in p_r), so nothing wider than 4 values is summed over the pairs (docs/operator.md §7).
+    z depends on the offsets p_j − p_r only, so the positions are first taken relative to the mean centre:
+    b and c then stay as small as the cloud, wherever it lies, and their sums do not cancel.
+
+    ``norm`` is any BatchNorm (``nn.BatchNorm1d``, or the ``nn.SyncBatchNorm`` that Lightning's
+    ``sync_batchnorm`` puts in its place); a ``SyncBatchNorm`` in training in a distributed run takes its
+    statistics over the pairs of every process of its group (sums all-reduced: exact, and differentiable).
 
     Shapes: source ``[S, C]``; points ``[S, 3]`` (p_j); centres ``[R, 3]`` (p_r); w_pos ``[C, 3]``; index
-    ``[R, K]`` long in ``[0, S)`` → ``[R, C]``. Training mode uses the batch's statistics and updates the
-    running ones as ``nn.BatchNorm1d`` does; eval mode uses the running ones. Computed in float32 at least.
+    ``[R, K]`` long in ``[0, S)`` → ``[R, C]``, in the widest input dtype. Training mode uses the batch's
+    statistics and updates the running ones as ``nn.BatchNorm1d`` does; eval mode uses the running ones.
+    Computed in float32 at least.
     """
-    dtype = widest_dtype(torch.float32, source, points, centres, w_pos, norm.weight)
-    (R, K), S = index.shape, source.shape[0]
+    result = widest_dtype(source, points, centres, w_pos, norm.weight)
+    dtype = widest_dtype(torch.float32, result)
     with torch.autocast(source.device.type, enabled=False):
         w_pos, weight, bias = w_pos.to(dtype), norm.weight.to(dtype), norm.bias.to(dtype)
-        b = torch.addmm(source.to(dtype), points.to(dtype), w_pos.t())  # (S, C)
-        c = centres.to(dtype) @ w_pos.t()  # (R, C)
+        origin = centres.detach().to(dtype).mean(0)  # exact: z depends on offsets only
+        points, centres = points.to(dtype) - origin, centres.to(dtype) - origin
+        b = torch.addmm(source.to(dtype), points, w_pos.t())  # (S, C)
+        c = centres @ w_pos.t()  # (R, C)
         sign = torch.where(weight.detach() >= 0, 1.0, -1.0).to(dtype)  # of the gain a (σ > 0)
         extreme = neighbour_max(b * sign, index, chunk) * sign - c  # z at each row's extreme pair, (R, C)
         if norm.training or norm.running_mean is None:
-            pairs = R * K
-            # per input j: the number of pairs it is in, n_j, and the sum of their rows' positions, P_j
-            rows = torch.cat([centres.to(dtype), b.new_ones(R, 1)], dim=1)  # (R, 4): p_r, 1
-            counts = b.new_zeros(S, 4).index_add_(0, index.reshape(-1), rows.repeat_interleave(K, dim=0))
-            count = counts[:, 3]
-            mean = (count @ b - K * c.sum(0)) / pairs
-            centred = b - mean  # the sums below then add no large terms that cancel
-            # Σ_pairs c_r (b_j − μ) = Σ_j (W_p P_j)·(b_j − μ): c_r = W_p p_r is linear in the 3 coordinates
-            cross = (w_pos * (counts[:, :3].t() @ centred).t()).sum(1)
-            var = ((count @ centred.square() - 2 * cross + K * c.square().sum(0)) / pairs).clamp_min(0)
-            if norm.training and norm.running_mean is not None:  # as nn.BatchNorm1d: unbiased, momentum
-                with torch.no_grad():
-                    norm.num_batches_tracked += 1
-                    momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
-                    norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), momentum)
-                    unbiased = var * pairs / max(pairs - 1, 1)
-                    norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)
+            mean, var, pairs = _pair_statistics(b, c, centres, w_pos, index, _sync_group(norm))
+            if norm.training and norm.running_mean is not None:
+                _update_running_statistics(norm, mean, var, pairs)
         else:
             mean, var = norm.running_mean.to(dtype), norm.running_var.to(dtype)
-        return (extreme - mean) * (weight * (var + norm.eps).rsqrt()) + bias
+        return ((extreme - mean) * (weight * (var + norm.eps).rsqrt()) + bias).to(result)
+
+
+def _sync_group(norm: _BatchNorm) -> dist.ProcessGroup | None:
+    """The process group whose pairs a training ``SyncBatchNorm`` takes its statistics over (``None``: this
+    process's pairs only), as ``nn.SyncBatchNorm.forward`` decides."""
+    if not (isinstance(norm, torch.nn.SyncBatchNorm) and norm.training and dist.is_available() and dist.is_initialized()):
+        return None
+    group = norm.process_group or dist.group.WORLD
+    return group if dist.get_world_size(group) > 1 else None
+
+
+def _pair_statistics(
+    b: Tensor, c: Tensor, centres: Tensor, w_pos: Tensor, index: Tensor, group: dist.ProcessGroup | None
+) -> tuple[Tensor, Tensor, int]:
+    """Mean and biased variance ``[C]`` of z_rk = b_j − c_r over the R·K pairs (of every process in ``group``),
+    and the number of pairs. Two passes: the sum of z, then the sum of (z − μ)² about the shared mean μ."""
+    (R, K), S = index.shape, b.shape[0]
+    # per input j: the number of pairs it is in, n_j, and the sum of their rows' positions, P_j
+    rows = torch.cat([centres, b.new_ones(R, 1)], dim=1)  # (R, 4): p_r, 1
+    counts = b.new_zeros(S, 4).index_add_(0, index.reshape(-1), rows.repeat_interleave(K, dim=0))
+    count = counts[:, 3]
+    total, pairs = count @ b - K * c.sum(0), R * K
+    if group is not None:  # the pair count travels in float64: exact beyond float32's 2^24
+        both = _all_reduce(torch.cat([total.double(), total.new_tensor([pairs], dtype=torch.float64)]), group)
+        total, pairs = both[:-1].to(b.dtype), int(both[-1])
+    mean = total / pairs
+    centred = b - mean
+    # Σ_pairs c_r (b_j − μ) = Σ_j (W_p P_j)·(b_j − μ): c_r = W_p p_r is linear in the 3 coordinates
+    cross = (w_pos * (counts[:, :3].t() @ centred).t()).sum(1)
+    square = count @ centred.square() - 2 * cross + K * c.square().sum(0)  # Σ_pairs (z − μ)²
+    if group is not None:
+        square = _all_reduce(square, group)
+    return mean, (square / pairs).clamp_min(0), pairs
+
+
+def _all_reduce(t: Tensor, group: dist.ProcessGroup) -> Tensor:
+    """The sum of ``t`` over the processes of ``group``; backward sums the gradients likewise."""
+    from torch.distributed.nn.functional import all_reduce  # autograd's collectives, loaded in distributed runs
+
+    return all_reduce(t, group=group)
+
+
+def _update_running_statistics(norm: _BatchNorm, mean: Tensor, var: Tensor, pairs: int) -> None:
+    """As ``nn.BatchNorm1d`` in training: the unbiased variance, the momentum (or a cumulative average)."""
+    with torch.no_grad():
+        norm.num_batches_tracked += 1
+        momentum = 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+        norm.running_mean.lerp_(mean.to(norm.running_mean.dtype), momentum)
+        unbiased = var * pairs / max(pairs - 1, 1)
+        norm.running_var.lerp_(unbiased.to(norm.running_var.dtype), momentum)

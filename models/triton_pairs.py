@@ -201,10 +201,13 @@ def _neighbour_max_kernel(
     j = tl.load(index_ptr + rows[:, None] * K + ks[None, :], mask=pair_ok, other=0)
     z = tl.load(values_ptr + j[:, :, None] * C + cs[None, None, :], mask=pair_ok[:, :, None] & (cs[None, None, :] < C),
                 other=float("-inf"))  # (BR, BK, BC)  # fmt: skip
-    top = tl.max(z, axis=1)
+    has_nan = tl.max(tl.where(z != z, 1, 0), axis=1) > 0
+    top = tl.where(has_nan, float("nan"), tl.max(z, axis=1))  # NaN propagates, as torch.amax
     tl.store(top_ptr + rows[:, None] * C + cs[None, :], top, mask=row_c_ok)
-    if KEEP:  # the last k reaching the maximum, as models.pairs.neighbour_max keeps it
-        winner = tl.max(tl.where(z == top[:, None, :], ks[None, :, None], -1), axis=1)
+    if KEEP:  # the last k reaching the maximum, as models.pairs.neighbour_max keeps it: never a padded lane (a row
+        # of −inf equals their −inf), k = 0 where none does (NaN)
+        hit = pair_ok[:, :, None] & (z == top[:, None, :])
+        winner = tl.max(tl.where(hit, ks[None, :, None], 0), axis=1)
         tl.store(winner_ptr + rows[:, None] * C + cs[None, :], winner.to(winner_ptr.dtype.element_ty), mask=row_c_ok)
 
 

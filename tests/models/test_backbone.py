@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import resource
 import time
 
@@ -308,6 +309,34 @@ def test_backbone_trains_under_bf16_autocast_on_cpu(mode: str) -> None:
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pure_half_precision_model_trains_and_infers_like_float32(dtype: torch.dtype) -> None:
+    """Every parameter and input in half precision (Lightning's ``precision: bf16-true`` / ``16-true``,
+    ``model.half()``), the default BatchNorm KNN init: training forward and backward and eval inference run in
+    that dtype and stay within half-precision rounding of the float32 model with the same (rounded) weights and
+    positions
+    (the fused pool returned float32 before: a dtype mismatch at the next linear map)."""
+    torch.manual_seed(0)
+    half = CentroidBackbone(sampling="prefix", layer_scale=0.1, **SMALL).to(dtype)
+    net = copy.deepcopy(half).float()  # the same (rounded) weights
+    pos = torch.rand(2, 64, 3).to(dtype)
+
+    def error(a: torch.Tensor, b: torch.Tensor) -> float:
+        return ((a.float() - b).norm() / b.norm()).item()
+
+    out, want = half(pos), net(pos.float())
+    assert out.dtype == dtype and error(out, want) < 0.05
+    out.float().square().mean().backward()
+    want.square().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == dtype and torch.isfinite(p.grad).all() for p in half.parameters())
+    grads = [torch.cat([p.grad.flatten().float() for p in m.parameters()]) for m in (half, net)]
+    assert error(*grads) < 0.25  # measured 0.10-0.15 (bf16), 0.006-0.04 (fp16): rounding through every layer
+    half.eval(), net.eval()
+    with torch.no_grad():
+        out, want = half(pos), net(pos.float())
+    assert out.dtype == dtype and error(out, want) < 0.05
+
+
 @pytest.mark.slow
 def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
     """No host syncs or data-dependent shapes on the hot path: the whole model is one graph (fullgraph=True).
@@ -370,22 +399,67 @@ def test_recomputed_stage_gives_the_same_output_and_gradients() -> None:
         torch.testing.assert_close(a, b)
 
 
-def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval() -> None:
+@pytest.mark.parametrize("layers", [1, 2])
+def test_recompute_updates_the_running_statistics_once(layers: int) -> None:
+    """One training step with ``recompute=True``: running mean, variance and batch count as without it (the
+    recomputation in backward updated them a second time before)."""
+    pos, x = _cloud(2, 64, 37, 8)
+    buffers = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        stage = CentroidStage(8, 16, 16, k=6, heads=2, init_layers=layers, recompute=recompute)
+        stage(pos, x).feat.square().sum().backward()
+        buffers.append(list(stage.buffers()))
+    assert len(buffers[0]) == 3 * layers and int(buffers[1][2]) == 1
+    for a, b in zip(*buffers, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval(layers: int) -> None:
+    """One layer is the default, fused path (models.pairs.knn_batchnorm_max_pool; only the two-layer one, in
+    autograd, was tested before); two layers the BatchNorm1d modules."""
     pos, _ = _cloud(3, 64, 35)
     outs = {}
     for norm in ("layer", "batch"):
         torch.manual_seed(0)
-        net = CentroidBackbone(**SMALL, init_norm=norm, init_layers=2)
+        net = CentroidBackbone(**SMALL, init_norm=norm, init_layers=layers)
         outs[norm] = net(pos)
         assert outs[norm].shape == (3, 8, 32) and torch.isfinite(outs[norm]).all()
     assert not torch.allclose(outs["layer"], outs["batch"])
     init = net.stages[0].init
-    assert isinstance(init.norm, torch.nn.BatchNorm1d) and isinstance(init.hidden[2], torch.nn.BatchNorm1d)
+    norms = [init.norm] if layers == 1 else [init.norm, init.hidden[2]]
+    assert all(isinstance(n, torch.nn.BatchNorm1d) for n in norms) and (init.hidden is None) == (layers == 1)
     assert int(init.norm.num_batches_tracked) == 1  # statistics over the B·M·k pairs of the training batch
+    assert not torch.equal(init.norm.running_mean, torch.zeros_like(init.norm.running_mean))
     net.eval()
     with torch.no_grad():  # eval: running statistics, so a cloud's output does not depend on its batch
         torch.testing.assert_close(net(pos)[:1], net(pos[:1]), rtol=1e-5, atol=1e-6)
     assert int(init.norm.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_sync_batch_norm_on_one_process_is_the_batch_norm(layers: int) -> None:
+    """Lightning's ``sync_batchnorm`` swaps each BatchNorm1d for a SyncBatchNorm; on one process it must compute
+    the same function: output, gradients and running statistics (it took the LayerNorm path before: max
+    difference 1.3, running statistics never updated)."""
+    torch.manual_seed(36)
+    plain = KNNInit(5, 8, layers=layers, norm="batch").double()
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+    assert isinstance(synced.norm, torch.nn.SyncBatchNorm)
+    x, points, centres = (torch.randn(2, n, c, dtype=torch.float64) for n, c in [(30, 5), (30, 3), (7, 3)])
+    nbr = torch.randint(0, 30, (2, 7, 4))
+    outs = [init(x, points, centres, nbr) for init in (plain, synced)]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad(out.square().sum(), list(init.parameters())) for out, init in zip(outs, (plain, synced))]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(plain.buffers(), synced.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert int(synced.norm.num_batches_tracked) == 1
+    plain.eval(), synced.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(synced(x, points, centres, nbr), plain(x, points, centres, nbr), rtol=1e-12, atol=1e-12)
 
 
 def test_knn_init_defaults_to_batch_norm() -> None:

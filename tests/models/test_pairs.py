@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import torch
+import torch.distributed as dist
 
 from models.csr import Pattern, csr_local_attention
-from models.pairs import chunk_rows, knn_batchnorm_max_pool, knn_max_pool, local_attention, neighbour_max
+from models.pairs import chunk_rows, knn_batchnorm_max_pool, knn_max_pool, local_attention, neighbour_max, use_triton
 
 R, S, K, H, D, E = 11, 20, 5, 2, 3, 4
 
@@ -78,14 +83,18 @@ def test_local_attention_needs_both_position_terms(kernel: str) -> None:
 
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_local_attention_runs_under_bf16_autocast_on_cpu(kernel: str) -> None:
+    """Every input in bf16 (the position terms too: in float32 they promoted the whole call to float32, and the
+    test ran no bf16 at all): bf16 results within bf16 rounding of the float64 formula, bf16 gradients."""
     tensors, index = _attention_inputs(3)
-    half = [t.detach().to(torch.bfloat16).requires_grad_() for t in tensors[:3]] + [t.detach().float() for t in tensors[3:]]
+    half = [t.detach().to(torch.bfloat16).requires_grad_() for t in tensors]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, mixed, weights = KERNELS[kernel](*half[:3], index, 0.5, 4, *half[3:])
-    assert out.dtype == torch.float32  # promoted to the widest input
-    torch.testing.assert_close(weights.sum(1), torch.ones(R, H), rtol=1e-5, atol=1e-5)
-    (out.sum() + mixed.sum()).backward()
-    assert all(t.grad is not None and t.grad.dtype == t.dtype for t in half[:3])
+        got = KERNELS[kernel](*half[:3], index, 0.5, 4, *half[3:])
+    wide = [t.detach().double() for t in half]
+    want = _attention_formula(*wide[:3], index, 0.5, *wide[3:])
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == torch.bfloat16 and ((a.double() - b).norm() / b.norm()).item() < 2e-2
+    (got[0].float().sum() + got[1].float().sum()).backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in half)
 
 
 def _pool_formula(source, offsets, w_pos, norm, index):  # noqa: ANN001, ANN202
@@ -116,6 +125,28 @@ def test_knn_max_pool_equals_its_formula_and_passes_gradcheck() -> None:
                                     fast_mode=True)
 
 
+def _batchnorm_pool_formula(source, points, centres, w_pos, norm, index):  # noqa: ANN001, ANN202
+    """``max_k BN(z)`` with the R·K pairs built: z_rk = source_j + W_p (p_j − p_r), ``[R, C]``."""
+    pairs = source[index] + (points[index] - centres.unsqueeze(1)) @ w_pos.t()  # (R, K, C)
+    return norm(pairs.view(-1, pairs.shape[-1])).view(pairs.shape).amax(dim=1)
+
+
+def test_knn_max_pool_backward_survives_an_ulp_between_forward_and_recomputation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backward recomputes the pairs' LayerNorm; where it differs from the forward's by an ulp (another kernel or
+    thread count) the winners are still found: the same gradients, no NaN (no pair matched the forward's max
+    before: 0 / 0)."""
+    g = torch.Generator().manual_seed(14)
+    C = 6
+    source, offsets = torch.randn(S, C, generator=g, requires_grad=True), torch.randn(R, K, 3, generator=g)
+    w_pos, norm, index = torch.randn(C, 3, generator=g), torch.nn.LayerNorm(C), torch.randint(0, S, (R, K), generator=g)
+    (want,) = torch.autograd.grad(knn_max_pool(source, offsets, w_pos, norm, index, 4).sum(), source)
+    layer_norm = torch.nn.functional.layer_norm
+    monkeypatch.setattr(torch.nn.functional, "layer_norm",
+                        lambda *a, **kw: torch.nextafter(layer_norm(*a, **kw), torch.tensor(float("inf"))))  # fmt: skip
+    (got,) = torch.autograd.grad(knn_max_pool(source, offsets, w_pos, norm, index, 4).sum(), source)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_knn_batchnorm_max_pool_equals_its_formula(training: bool) -> None:
     """BatchNorm over the R·K pairs: forward, every gradient and the running statistics as nn.BatchNorm1d."""
@@ -135,8 +166,7 @@ def test_knn_batchnorm_max_pool_equals_its_formula(training: bool) -> None:
             norm.running_var.copy_(torch.linspace(0.5, 2.0, C))
     index = torch.randint(0, S, (R, K), generator=g)  # repeated neighbours in a row included
     got = knn_batchnorm_max_pool(source, points, centres, w_pos, norms[0], index, 3)
-    pairs = source[index] + (points[index] - centres.unsqueeze(1)) @ w_pos.t()  # (R, K, C)
-    want = norms[1](pairs.view(-1, C)).view(R, K, C).amax(dim=1)
+    want = _batchnorm_pool_formula(source, points, centres, w_pos, norms[1], index)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     for a, b in zip(norms[0].buffers(), norms[1].buffers()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -173,6 +203,36 @@ def test_neighbour_max_equals_amax_and_routes_each_gradient_to_one_winner(chunk:
         torch.testing.assert_close(neighbour_max(values, index, chunk), got.detach())
 
 
+def non_finite_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """values ``[S, 3]`` float64 where row 0's neighbours are all −inf on channel 0, row 1 holds a NaN on channel
+    1 and +inf on channel 2; index ``[R, K]`` (K = 5: Triton pads to 8 lanes); the gradient each input gets from
+    ``top.sum()``: one per row and channel, at the last k reaching the max (k = 0 for a NaN max)."""
+    g = torch.Generator().manual_seed(13)
+    values, index = torch.randn(S, 3, generator=g, dtype=torch.float64), torch.randint(0, S, (R, K), generator=g)
+    index[0], index[1] = torch.arange(0, K), torch.arange(K, 2 * K)
+    values[:K, 0] = float("-inf")
+    values[K + 2, 1], values[K + 3, 2] = float("nan"), float("inf")
+    want = torch.zeros_like(values)
+    for r in range(R):
+        for c in range(3):
+            top = values[index[r], c].amax()
+            k = max([k for k in range(K) if values[index[r, k], c] == top], default=0)
+            want[index[r, k], c] += 1
+    return values, index, want
+
+
+@pytest.mark.parametrize("chunk", [1, 4, R])
+def test_neighbour_max_of_non_finite_rows(chunk: int) -> None:
+    """−inf, +inf and NaN rows: NaN propagates as torch.amax does, every winner is a neighbour (a row of −inf gave
+    k = −1 before: an index error in backward)."""
+    values, index, want = non_finite_rows()
+    leaf = values.clone().requires_grad_()
+    top = neighbour_max(leaf, index, chunk)
+    torch.testing.assert_close(top, values[index].amax(dim=1), rtol=0, atol=0, equal_nan=True)
+    (grad,) = torch.autograd.grad(top.sum(), leaf)
+    torch.testing.assert_close(grad, want, rtol=0, atol=0)
+
+
 def test_knn_batchnorm_max_pool_runs_under_bf16_autocast_on_cpu() -> None:
     g = torch.Generator().manual_seed(7)
     source = torch.randn(S, 8, generator=g).to(torch.bfloat16).requires_grad_()
@@ -183,6 +243,101 @@ def test_knn_batchnorm_max_pool_runs_under_bf16_autocast_on_cpu() -> None:
     assert out.dtype == torch.float32 and torch.isfinite(out).all()  # statistics over every pair in float32
     out.sum().backward()
     assert source.grad is not None and source.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("translation", [0.0, 10.0, 100.0, 1000.0])
+def test_knn_batchnorm_max_pool_keeps_its_digits_for_clouds_far_from_the_origin(translation: float) -> None:
+    """float32, a cloud moved away from the origin: output and running statistics stay within 1e-4 (relative
+    norm) of nn.BatchNorm1d on the built pairs (the sums of b and c cancelled before: 17.6 at a translation of
+    100, 141 at 1000)."""
+    g = torch.Generator().manual_seed(11)
+    C = 16
+    source, w_pos = torch.randn(S, C, generator=g), torch.randn(C, 3, generator=g)
+    points = torch.rand(S, 3, generator=g) + translation
+    centres, index = points[:R], torch.randint(0, S, (R, K), generator=g)
+    norms = [torch.nn.BatchNorm1d(C) for _ in range(2)]
+    got = knn_batchnorm_max_pool(source, points, centres, w_pos, norms[0], index, 4)
+    want = _batchnorm_pool_formula(source, points, centres, w_pos, norms[1], index)
+    for a, b in [(got, want), *zip(norms[0].buffers(), norms[1].buffers())]:
+        assert ((a - b).float().norm() / b.float().norm()).item() <= 1e-4
+
+
+#: Two clouds of different sizes (inputs, rows), one per process in the distributed test.
+CLOUDS = [(20, 11), (14, 7)]
+
+
+def _two_clouds() -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """source, points, centres of both clouds concatenated (float64), w_pos, and index ``[R, K]`` into the inputs."""
+    g = torch.Generator().manual_seed(12)
+    C, (S0, R0), (S1, R1) = 6, *CLOUDS
+    source, points = (torch.randn(S0 + S1, n, generator=g, dtype=torch.float64) for n in (C, 3))
+    centres = torch.cat([points[:R0], points[S0 : S0 + R1]])
+    index = torch.cat([torch.randint(0, S0, (R0, K), generator=g), torch.randint(S0, S0 + S1, (R1, K), generator=g)])
+    return [source, points, centres], torch.randn(C, 3, generator=g, dtype=torch.float64), index
+
+
+def _sync_norm(C: int) -> torch.nn.SyncBatchNorm:
+    norm = torch.nn.SyncBatchNorm(C, momentum=0.3).double()
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(-1.5, 2.0, C))  # negative gains pool the minimum
+    return norm
+
+
+def _sync_worker(rank: int, world: int, folder: str) -> None:
+    """One process of the distributed test: its own cloud, a SyncBatchNorm; saves output, buffers, gradients."""
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        (source, points, centres), w_pos, index = _two_clouds()
+        (S0, R0), (S, R) = CLOUDS[0], CLOUDS[rank]
+        inputs, rows = slice(rank * S0, rank * S0 + S), slice(rank * R0, rank * R0 + R)
+        mine = [source[inputs].requires_grad_(), points[inputs], centres[rows], w_pos.requires_grad_()]
+        norm = _sync_norm(source.shape[1])
+        out = knn_batchnorm_max_pool(*mine, norm, index[rows] - rank * S0, 4)
+        grads = torch.autograd.grad(out.square().sum(), [mine[0], mine[3], norm.weight])
+        torch.save([out.detach(), *norm.buffers(), *grads], f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_sync_batchnorm_over_two_processes_equals_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+    """2 gloo processes, one cloud each: the statistics are all-reduced sums over the pairs of both, so the pooled
+    output, the running statistics and the gradients (summed over the processes for the shared parameters) are
+    those of one process on the concatenated batch, float64."""
+    torch.multiprocessing.spawn(_sync_worker, args=(2, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    (source, points, centres), w_pos, index = _two_clouds()
+    source.requires_grad_(), w_pos.requires_grad_()
+    norm = _sync_norm(source.shape[1])  # one process, no group: a BatchNorm over every pair
+    out = _batchnorm_pool_formula(source, points, centres, w_pos, norm, index)
+    g_source, g_w_pos, g_weight = torch.autograd.grad(out.square().sum(), [source, w_pos, norm.weight])
+    torch.testing.assert_close(torch.cat([ranks[0][0], ranks[1][0]]), out.detach(), rtol=1e-12, atol=1e-12)
+    for r in range(2):
+        for a, b in zip(ranks[r][1:4], norm.buffers()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.cat([ranks[0][4], ranks[1][4]]), g_source, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ranks[0][5] + ranks[1][5], g_w_pos, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ranks[0][6] + ranks[1][6], g_weight, rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture
+def deterministic() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` (Lightning's ``deterministic: true``) for one test."""
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def test_deterministic_algorithms_take_the_chunked_path(deterministic: None) -> None:
+    """Under deterministic algorithms CUDA takes the chunked functions (torch's deterministic scatter adds), not the
+    Triton kernels, whose backward adds with atomics in no fixed order (they were used, silently, before); the
+    chunked backward runs without a warning."""
+    assert not use_triton(torch.device("cuda"))
+    values, index, _ = non_finite_rows()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        neighbour_max(values.nan_to_num().requires_grad_(), index, 4).sum().backward()
 
 
 def test_neighbourhood_pattern_and_its_transpose_hold_the_pairs() -> None:

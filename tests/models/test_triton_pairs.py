@@ -5,12 +5,13 @@ compiled on CUDA; elsewhere on CPU tensors through Triton's interpreter (``TRITO
 from __future__ import annotations
 
 import sys
+import warnings
 
 import pytest
 import torch
 
-from models.pairs import local_attention, neighbour_max
-from tests.models.test_pairs import _attention_formula
+from models.pairs import _warn_atomic_adds, local_attention, neighbour_max
+from tests.models.test_pairs import _attention_formula, deterministic, non_finite_rows  # noqa: F401 (a fixture)
 
 pytest.importorskip("triton", reason="Triton is not installed (the dev extras bring it on Linux x86-64)")
 
@@ -97,6 +98,35 @@ def test_triton_neighbour_max_equals_the_chunked_function() -> None:
     torch.testing.assert_close(results[1], results[3], rtol=0, atol=1e-12)
     with torch.no_grad():
         torch.testing.assert_close(neighbour_max(values, index, 7, triton=True), results[2])
+
+
+def test_triton_neighbour_max_of_non_finite_rows() -> None:
+    """−inf, +inf and NaN rows, K = 5 in 8 lanes: NaN propagates, and no padded lane wins (a row of −inf picked
+    k = 7 before, so backward added into another row's neighbour or past the end of the index)."""
+    values, index, want = (t.to(DEVICE) for t in non_finite_rows())
+    leaf = values.clone().requires_grad_()
+    top = neighbour_max(leaf, index, 0, triton=True)
+    torch.testing.assert_close(top, values[index].amax(dim=1), rtol=0, atol=0, equal_nan=True)
+    (grad,) = torch.autograd.grad(top.sum(), leaf)
+    torch.testing.assert_close(grad, want, rtol=0, atol=0)
+
+
+def test_triton_backward_warns_once_under_deterministic_algorithms(deterministic: None) -> None:
+    """The Triton backward asked for explicitly under deterministic algorithms: one warning per operator naming it
+    (its atomic adds have no fixed order), none after."""
+    tensors, index = _inputs(SIZES[0], True, torch.float64, seed=9)
+    values = torch.randn(SIZES[0][1], 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    backward = {
+        "local_attention_backward": lambda: _outputs_and_grads(triton_local_attention, tensors, index, seed=10),
+        "neighbour_max_backward": lambda: neighbour_max(values, index, 0, triton=True).sum().backward(),
+    }
+    _warn_atomic_adds.cache_clear()
+    for op, run in backward.items():
+        with pytest.warns(UserWarning, match=f"centroid::{op}: the Triton backward adds gradients with atomic adds"):
+            run()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            run()
 
 
 @pytest.mark.gpu
