@@ -3,7 +3,7 @@
 ``configs/modelnet40.yaml`` (the paper-scale classifier and its recipe, 1024 points) on a generated data set
 of ModelNet40's size: 820 training and 206 test shapes for each of the generator's 12 classes (9840 and 2472
 shapes; ModelNet40 has 9843 and 2468). The run is ``python -m app fit`` in a subprocess, with the loaders,
-validation and checkpointing of the config and W&B off, timed by ``benchmarks.fit_timer.FitTimer``: training
+validation, checkpointing and learning-rate logging of the config, W&B swapped for CSV files, timed by ``benchmarks.fit_timer.FitTimer``: training
 samples/s, epoch time with validation, the share of time outside the training steps (loader wait), and on
 CUDA the GPU's busy share (with ``configs/trainer/gpu_bf16.yaml``).
 """
@@ -30,7 +30,7 @@ def fit_command(device: str, data_root: str, output: Path, run_dir: Path, epochs
     if device.startswith("cuda"):
         cmd += ["--config", "configs/trainer/gpu_bf16.yaml"]
     cmd += [
-        "--trainer.logger", "false",
+        "--config", "configs/logger/csv.yaml", f"--trainer.logger.init_args.save_dir={run_dir}",
         "--trainer.max_epochs", str(epochs),
         "--trainer.default_root_dir", str(run_dir),
         "--data.init_args.root", data_root,
