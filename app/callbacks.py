@@ -40,10 +40,19 @@ class Checkpoints(ModelCheckpoint):
     once for all experiments (``configs/trainer/callbacks_*.yaml``).
     """
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def _resolve_dirpath(self, trainer: Trainer) -> None:
         if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._resolve_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        # Lightning resolves `ckpt_path="last"` before `setup`; unresolved, it would search the logger's folder,
+        # find nothing and silently start the run again from epoch 0.
+        self._resolve_dirpath(trainer)
+        return super()._find_last_checkpoints(trainer)
 
 
 class RNGState(Callback):

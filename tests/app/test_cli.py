@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -116,20 +117,28 @@ def _user_files(folder: Path) -> list[Path]:
 
 
 class _Crash(Callback):
-    """Simulates a killed run: raises when epoch ``at`` starts (after ``last.ckpt`` of the epoch before)."""
+    """Simulates a killed run: raises at the second batch of epoch ``at`` (``last.ckpt`` holds the epoch before)."""
 
     def __init__(self, at: int) -> None:
         self.at = at
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch == self.at:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == self.at and batch_idx == 1:
             raise RuntimeError("simulated crash")
 
 
-def _fit(args: list[str], ckpt_path: str | None = None, extra: Callback | None = None) -> LightningModule:
+class _StartEpoch(Callback):
+    """Records the epoch a ``fit`` starts at (a resumed run starts at the killed epoch, not at 0)."""
+
+    epoch: int | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.epoch = trainer.current_epoch
+
+
+def _fit(args: list[str], ckpt_path: str | None = None, *extra: Callback) -> LightningModule:
     cli = make_cli(args, run=False)
-    if extra is not None:
-        cli.trainer.callbacks.append(extra)
+    cli.trainer.callbacks.extend(extra)
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
     return cli.model
 
@@ -145,13 +154,37 @@ def test_resume_after_crash_continues_identically(
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "b")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(args, extra=_Crash(at=2))
-    resumed = _fit(args, ckpt_path="last")
+        _fit(args, None, _Crash(at=2))
+    start = _StartEpoch()
+    resumed = _fit(args, "last", start)
+    assert start.epoch == 2, "the resume did not load last.ckpt"
 
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+@pytest.mark.slow
+def test_resumes_leave_last_at_the_final_epoch_and_one_best(in_tmp: Path, gen_cls_root: Path) -> None:
+    """Killed mid-epoch twice, resumed with ``--ckpt_path last`` each time: every resume starts at the killed
+    epoch, ``last.ckpt`` ends at the final epoch and exactly one best file remains, the one its state names."""
+    args = ["--config", DEMO, *tiny_args(gen_cls_root, epochs=4)]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(args, None, _Crash(at=1))
+    start = _StartEpoch()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(args, "last", start, _Crash(at=3))
+    assert start.epoch == 1
+    _fit(args, "last", start)
+    assert start.epoch == 3
+    folder = in_tmp / "runs/demo/checkpoints"
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 3
+    (best,) = folder.glob("best-*.ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([best.name, "last.ckpt"])
+    states = [v for k, v in last["callbacks"].items() if "'val/acc'" in k]
+    assert [Path(st["best_model_path"]).name for st in states] == [best.name]
 
 
 def test_wandb_offline_run_has_logged_keys(in_tmp: Path, gen_cls_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
