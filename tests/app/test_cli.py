@@ -272,6 +272,6 @@ def test_ddp_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Path
     one = _last_metrics(in_tmp / "runs")
     assert one["num_samples"] == two["num_samples"] and one["num_samples"] % 2 == 1
     assert sum(map(sum, two["details"]["confusion"])) == two["num_samples"]  # every shape counted once
-    for key in ("test/acc", "test/macc"):
+    for key in ("test/acc", "test/macc", "test/loss"):
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-6), key
     assert one["details"]["confusion"] == two["details"]["confusion"]

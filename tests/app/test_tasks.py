@@ -120,6 +120,27 @@ def test_vote_is_accuracy_of_mean_logits_by_hand(tmp_path: Path, monkeypatch: py
     assert task.test_results["confusion_vote"].sum() == len(samples)
 
 
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_padded_duplicates_count_once_in_loss_and_metrics(tmp_path: Path, kind: str) -> None:
+    """DistributedSampler pads with repeated samples (same ``index``): test loss and metrics must not change."""
+    torch.manual_seed(0)
+    samples = _clouds(7)
+    if kind == "classification":
+        task = ClassificationTask(_backbone(), num_classes=3)
+    else:
+        task = SegmentationTask(_backbone(), num_parts=5, num_categories=2, part_mask=PART_MASK)
+        g = torch.Generator().manual_seed(1)
+        for s in samples:
+            s["category"] = s.pop("label") % 2
+            parts = torch.tensor(PART_MASK[int(s["category"])]).nonzero().flatten()
+            s["part"] = parts[torch.randint(len(parts), (32,), generator=g)]
+    (plain,) = _trainer(tmp_path).test(task, DataLoader(samples, batch_size=4), verbose=False)
+    (padded,) = _trainer(tmp_path).test(task, DataLoader(samples + samples[:1], batch_size=4), verbose=False)
+    assert plain.keys() == padded.keys() and "test/loss" in plain
+    for key in plain:
+        assert padded[key] == pytest.approx(plain[key], abs=1e-6), key
+
+
 def test_no_vote_metrics_when_off(tmp_path: Path) -> None:
     task = ClassificationTask(_backbone(), num_classes=3)
     (result,) = _trainer(tmp_path).test(task, DataLoader(_clouds(4), batch_size=4))
