@@ -369,6 +369,8 @@ class SegmentationTask(_PointTask):
         return loss
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Per-point part labels ``[B, N]`` (restricted to each shape's category)."""
+        """Per-point part labels ``[B, N]`` (restricted to each shape's category), with the points' file rows
+        (``source_index``) when the batch comes from files."""
         logits = self.logits(batch)
-        return {"index": batch["index"], "pos": batch["pos"], "part": logits.argmax(-1)}
+        rows = {"source_index": batch["source_index"]} if "source_index" in batch else {}
+        return {"index": batch["index"], "pos": batch["pos"], "part": logits.argmax(-1), **rows}

@@ -225,9 +225,10 @@ def test_fit_segmentation(in_tmp: Path, gen_seg_root: Path) -> None:
     (row,) = json.loads(next((in_tmp / "runs").rglob("predictions.json")).read_text())
     task = load_task(str(in_tmp / "runs/demo_seg/checkpoints/last.ckpt"))
     allowed = set(torch.nonzero(task.part_mask[task.category_names.index(category)]).flatten().tolist())
-    assert len(row["parts"]) == 128 and set(row["parts"]) <= allowed
+    assert len(row["parts"]) == 400 and set(row["parts"]) <= allowed  # every row of the file, not the 128 sampled
+    assert len(row["sampled_rows"]) == 128
     ply = o3d.io.read_point_cloud(row["ply"])
-    assert len(ply.points) == 128 and ply.has_colors()
+    assert len(ply.points) == 400 and ply.has_colors()
 
 
 def _odd_h5_copy(gen_root: Path, out: Path) -> Path:
