@@ -40,10 +40,19 @@ class Checkpoints(ModelCheckpoint):
     once for all experiments (``configs/trainer/callbacks_*.yaml``).
     """
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+    def _resolve_dirpath(self, trainer: Trainer) -> None:
         if self.dirpath is None:
             self.dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._resolve_dirpath(trainer)
         super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: Trainer) -> set[str]:
+        # Lightning resolves `ckpt_path="last"` before `setup`; unresolved, it would search the logger's folder,
+        # find nothing and silently start the run again from epoch 0.
+        self._resolve_dirpath(trainer)
+        return super()._find_last_checkpoints(trainer)
 
 
 class RNGState(Callback):
@@ -98,12 +107,27 @@ class TestMetricsWriter(Callback):
         return len(loader.dataset) if loader is not None and hasattr(loader.dataset, "__len__") else None
 
 
+def nearest_parts(points: np.ndarray, sampled: np.ndarray, parts: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """The part of each of ``points`` = the part of its nearest ``sampled`` point (ties: the first).
+
+    Shapes:
+        points: ``[P, 3]``; sampled: ``[N, 3]``; parts: ``[N]``. Returns ``[P]`` int64.
+    """
+    target = torch.from_numpy(np.asarray(sampled, np.float64))
+    query = torch.from_numpy(np.asarray(points, np.float64))
+    nearest = torch.cat([torch.cdist(q, target).argmin(1) for q in query.split(chunk)])  # (P,)
+    return np.asarray(parts, np.int64)[nearest.numpy()]
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes the results of ``predict`` into the run folder and prints the path.
 
     Classification: ``predictions.json`` with, per input, the predicted class and every class probability.
-    Segmentation: ``predictions.json`` with the per-point part ids, plus one ``<name>_parts.ply`` per
-    input with points coloured by predicted part. Under DDP each rank writes its own ``-rank<r>`` file.
+    Segmentation of files: ``predictions.json`` with, per input, ``parts``: the part of every point of the
+    file in the file's row order (``parts[r]`` is row ``r``; a mesh: the points sampled from its surface), each
+    taken from the nearest of the N points the model saw, ``sampled_rows``: the rows of those points, and one
+    ``<name>_parts.ply`` of all the file's points coloured by part. (Segmentation of the test split: the N
+    points' parts.) Under DDP each rank writes its own ``-rank<r>`` file.
     """
 
     def __init__(self, filename: str = "predictions.json") -> None:
@@ -131,12 +155,17 @@ class PredictionWriter(BasePredictionWriter):
                     rows.append({"input": name, "class": class_names[pred], "class_index": pred,
                                  "probabilities": dict(zip(class_names, probs))})
                 else:
-                    part = batch["part"][i].cpu().numpy()
+                    part, pos, extra = batch["part"][i].cpu().numpy(), batch["pos"][i].cpu().numpy(), {}
+                    if "source_index" in batch:  # a file: every one of its points, in its row order
+                        sampled = batch["source_index"][i].cpu().numpy()
+                        pos = dataset.points(index)
+                        part = nearest_parts(pos, pos[sampled], part)
+                        extra = {"sampled_rows": np.unique(sampled).tolist()}
                     stem = re.sub(r"[^\w.-]+", "_", Path(name).name).strip("_")  # "x.h5[3]" → "x.h5_3"
                     ply = fresh_path(directory / f"{stem}_parts.ply")
                     colors = render.centroid_colors(int(part.max()) + 1)[part]
-                    render.write_ply(ply, batch["pos"][i].cpu().numpy(), colors)
-                    rows.append({"input": name, "parts": part.tolist(), "ply": str(ply)})
+                    render.write_ply(ply, pos, colors)
+                    rows.append({"input": name, "parts": part.tolist(), **extra, "ply": str(ply)})
         directory.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=1))
         self.path = out

@@ -56,6 +56,21 @@ class _DedupMetric(Metric):
         return {name: cat(getattr(self, name))[keep] for name in self.columns}
 
 
+class SampleMean(_DedupMetric):
+    """Mean of one value per evaluated sample (e.g. its loss), each dataset index counted once.
+
+    ``update(value [B], index [B])``; ``compute()`` returns the mean as a scalar tensor.
+    """
+
+    columns = ("value",)
+
+    def update(self, value: Tensor, index: Tensor) -> None:
+        self._append(index, value=value)
+
+    def compute(self) -> Tensor:
+        return self._rows()["value"].mean()
+
+
 class ClassificationMetrics(_DedupMetric):
     """Overall accuracy, mean class accuracy, per-class accuracy and the confusion matrix.
 

@@ -20,7 +20,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from app.metrics import ClassificationMetrics, PartSegmentationMetrics
+from app.metrics import ClassificationMetrics, PartSegmentationMetrics, SampleMean
 from models.backbone import BackboneOutput, CentroidBackbone
 from models.heads import ClassificationHead, SegmentationHead
 
@@ -39,15 +39,16 @@ def _adamw(params: Any) -> torch.optim.Optimizer:
 
 
 def masked_cross_entropy(logits: Tensor, target: Tensor, allowed: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Mean per-point cross-entropy over each shape's own parts, label smoothing spread over those parts only.
+    """Each shape's mean per-point cross-entropy over its own parts, label smoothing spread over those parts only.
 
     Shapes:
         logits: ``[B, N, P]`` with −inf at foreign parts; target: ``[B, N]``; allowed: ``[B, P]`` bool.
+        Returns ``[B]`` (the loss of the batch is its mean: every shape has N points).
     """
     logp = logits.log_softmax(-1)  # (B, N, P), −inf at foreign parts
     nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)  # (B, N)
     smooth = -logp.masked_fill(~allowed.unsqueeze(1), 0.0).sum(-1) / allowed.sum(-1, keepdim=True)
-    return ((1 - label_smoothing) * nll + label_smoothing * smooth).mean()
+    return ((1 - label_smoothing) * nll + label_smoothing * smooth).mean(-1)
 
 
 def vote_transforms(index: Tensor, views: int, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -103,6 +104,8 @@ class _PointTask(LightningModule):
         self.min_lr_ratio = min_lr_ratio
         self.test_checkpoint: dict[str, Any] | None = None  # set at test start: which weights were tested
         self._loaded_checkpoint: dict[str, Any] | None = None
+        # val/test loss: the mean of per-sample losses with DistributedSampler's padded duplicates counted once
+        self.eval_loss = nn.ModuleDict({s: SampleMean() for s in EVAL_SPLITS})
 
     def configure_model(self) -> None:
         """With ``compile``, the backbone's forward runs under ``torch.compile`` (docs/operator.md §7: 1.38× faster
@@ -190,10 +193,20 @@ class _PointTask(LightningModule):
             logger.log_hyperparams({"test_checkpoint": self.test_checkpoint})
 
     def _eval_values(self, split: str) -> dict[str, Tensor]:
-        """Compute and reset the split's metrics."""
-        values = self.eval_metrics[split].compute()
+        """Compute and reset the split's metrics and loss."""
+        values = {**self.eval_metrics[split].compute(), "loss": self.eval_loss[split].compute()}
         self.eval_metrics[split].reset()
+        self.eval_loss[split].reset()
         return values
+
+    def _log_loss(self, split: str, per_sample: Tensor, index: Tensor) -> Tensor:
+        """The batch's loss (mean of ``per_sample [B]``): logged per step in training, kept per sample to evaluate."""
+        loss = per_sample.mean()
+        if split == "train":
+            self.log("train/loss", loss, batch_size=per_sample.shape[0], prog_bar=True)
+        else:
+            self.eval_loss[split].update(per_sample, index)
+        return loss
 
     def _end_eval(self, split: str) -> dict[str, Tensor]:
         values = self._eval_values(split)
@@ -292,12 +305,11 @@ class ClassificationTask(_PointTask):
 
     def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         logits = self.logits(batch)
-        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing)
-        bs = batch["label"].shape[0]
-        self.log(f"{split}/loss", loss, batch_size=bs, sync_dist=split != "train", prog_bar=split == "train")
+        per_sample = F.cross_entropy(logits, batch["label"], label_smoothing=self.label_smoothing, reduction="none")
+        loss = self._log_loss(split, per_sample, batch["index"])
         if split == "train":
             self.train_acc(logits, batch["label"])
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=per_sample.shape[0])
         else:
             self.eval_metrics[split].update(logits, batch["label"], batch["index"])
         return loss
@@ -360,14 +372,15 @@ class SegmentationTask(_PointTask):
     def _step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         logits = self.logits(batch)
         target = batch["part"]
-        loss = masked_cross_entropy(logits, target, self.part_mask[batch["category"]], self.label_smoothing)
-        bs = target.shape[0]
-        self.log(f"{split}/loss", loss, batch_size=bs, sync_dist=split != "train", prog_bar=split == "train")
+        per_shape = masked_cross_entropy(logits, target, self.part_mask[batch["category"]], self.label_smoothing)
+        loss = self._log_loss(split, per_shape, batch["index"])
         if split != "train":
             self.eval_metrics[split].update(logits.argmax(-1), target, batch["category"], batch["index"])
         return loss
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        """Per-point part labels ``[B, N]`` (restricted to each shape's category)."""
+        """Per-point part labels ``[B, N]`` (restricted to each shape's category), with the points' file rows
+        (``source_index``) when the batch comes from files."""
         logits = self.logits(batch)
-        return {"index": batch["index"], "pos": batch["pos"], "part": logits.argmax(-1)}
+        rows = {"source_index": batch["source_index"]} if "source_index" in batch else {}
+        return {"index": batch["index"], "pos": batch["pos"], "part": logits.argmax(-1), **rows}

@@ -117,7 +117,9 @@ def draw(argv: list[str]) -> dict[str, list[Path]]:
             if args.category not in names:
                 raise ValueError(f"--category {args.category!r} is not one of {names}")
             category = names.index(args.category)
-        sample = load_file_sample(args.file, datamodule.num_points, task.backbone.in_channels > 0, category=category)
+        # the data settings the model was trained with (the checkpoint's; a --config must agree with them)
+        sample = load_file_sample(args.file, datamodule.num_points, task.backbone.in_channels > 0,
+                                  sampling=datamodule.sampling, category=category)  # fmt: skip
     else:
         sample = sample_from_split(datamodule, args.split or "test", args.index)
     analysis = analyse(task, sample, name, trained=args.ckpt is not None)

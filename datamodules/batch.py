@@ -11,6 +11,7 @@ or a random subset, at cache-build time), so models get no masks.
 | ``part``     | [B, N]    | int64   | segmentation: GLOBAL part id of each point (0..num_parts-1)                 |
 | ``category`` | [B]       | int64   | segmentation: category index into ``category_names``                       |
 | ``index``    | [B]       | int64   | always: the sample's index in its split (de-duplicates DistributedSampler padding under DDP) |
+| ``source_index`` | [B, N] | int64  | ``predict`` on files: each point's row in its file (``datamodules.files.file_points``) |
 
 Up axis: y. Point order carries no meaning (training shuffles it).
 """
@@ -44,6 +45,7 @@ def check_batch(batch: dict[str, Tensor], task: Task) -> None:
         "part": ((b, n), torch.int64),
         "category": ((b,), torch.int64),
         "index": ((b,), torch.int64),
+        "source_index": ((b, n), torch.int64),
     }
     for key, (shape, dtype) in expected.items():
         if key in batch and (tuple(batch[key].shape) != shape or batch[key].dtype != dtype):

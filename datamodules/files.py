@@ -1,7 +1,8 @@
 """User files as samples of the batch contract: ``predict`` on files and the visualiser read them here.
 
 A file is read (``datamodules.io.read_points``), reduced to ``num_points`` with the data sets' own
-sampling, and normalised to the unit sphere, exactly like the training data.
+sampling, and normalised to the unit sphere, exactly like the training data. ``source_index`` keeps the file
+row of every point, so predictions can be mapped back to the file's own points.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from datamodules.io import count_clouds, read_points
-from datamodules.sampling import Sampling, select_points
-from datamodules.transforms import FPSOrder, normalize_unit_sphere
+from datamodules.sampling import Sampling, fps_order, select_points
+from datamodules.transforms import normalize_unit_sphere
 
 #: Neighbours used to estimate normals of files that have none (when the model expects normals).
 NORMAL_NEIGHBORS = 16
@@ -43,23 +44,31 @@ def load_file_sample(
     seed: int = 0,
     index: int | None = None,
 ) -> dict[str, Tensor]:
-    """One user file (``.off .ply .txt .npy .h5``) as an unbatched sample ``{pos, [normal], [category]}``, its
-    points in farthest-point order like every sample of the data modules.
+    """One user file (``.off .ply .txt .npy .h5``) as an unbatched sample ``{pos, [normal], [category],
+    source_index}``, its points in farthest-point order like every sample of the data modules.
 
-    ``index`` picks one cloud of a multi-cloud ``.npy``/``.h5`` file. Normals are estimated when the model
-    needs them and the file has none. Errors name the file.
+    ``source_index [N]``: the row of each point among the points :func:`file_points` returns (repeated rows
+    when the file has fewer than ``num_points``). ``index`` picks one cloud of a multi-cloud ``.npy``/``.h5``
+    file. Normals are estimated when the model needs them and the file has none. Errors name the file.
     """
     cloud = read_points(path, seed=seed, index=index)
-    pos, normal = cloud["pos"], cloud["normal"]
-    row = select_points([pos], num_points, sampling, np.random.default_rng(seed))[0]
-    pos = normalize_unit_sphere(pos[row])
-    sample = {"pos": torch.from_numpy(pos)}
+    row = select_points([cloud["pos"]], num_points, sampling, np.random.default_rng(seed))[0]
+    pos = normalize_unit_sphere(cloud["pos"][row])
+    order = fps_order(pos)  # the batch contract: points in FPS order (docs/batch.md), rows reordered alike
+    row, pos = row[order], pos[order]
+    sample = {"pos": torch.from_numpy(np.ascontiguousarray(pos)), "source_index": torch.from_numpy(row)}
     if use_normals:
-        normal = estimate_normals(pos) if normal is None else normal[row]
+        normal = estimate_normals(pos) if cloud["normal"] is None else cloud["normal"][row]
         sample["normal"] = torch.from_numpy(np.ascontiguousarray(normal, np.float32))
     if category is not None:
         sample["category"] = torch.tensor(category, dtype=torch.long)
-    return FPSOrder()(sample)  # the batch contract: points in FPS order (docs/batch.md)
+    return sample
+
+
+def file_points(path: str | Path, seed: int = 0, index: int | None = None) -> np.ndarray:
+    """The points ``[P, 3]`` of a file in its own row order, as :func:`load_file_sample` read them (a mesh: the
+    points sampled from its surface with ``seed``); ``source_index`` counts rows of this array."""
+    return read_points(path, seed=seed, index=index)["pos"]
 
 
 class PointFilesDataset(Dataset[dict[str, Tensor]]):
@@ -94,3 +103,8 @@ class PointFilesDataset(Dataset[dict[str, Tensor]]):
         sample = load_file_sample(path, self.num_points, self.use_normals, self.sampling, self.category, index=cloud)
         sample["index"] = torch.tensor(i, dtype=torch.long)
         return sample
+
+    def points(self, i: int) -> np.ndarray:
+        """All points ``[P, 3]`` of sample ``i``'s cloud in the file's row order (what ``source_index`` indexes)."""
+        path, cloud = self.entries[i]
+        return file_points(path, index=cloud)

@@ -8,7 +8,7 @@
   with the data).
 
 Each folder also gets ``GENERATED.json`` (the generator settings); a folder with matching settings is reused.
-Output is written to a temporary folder and renamed into place.
+Output is written to a temporary folder and renamed into place, under a lock on the folder (``datamodules.locks``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from datamodules.errors import DataFormatError
+from datamodules.locks import target_lock
 from datamodules.synthetic.shapes import SHAPE_CLASSES, ShapeClass
 from datamodules.mesh import sample_surface
 from datamodules.tables import Category, PartTable
@@ -116,12 +117,28 @@ def _write_shapenetpart(out: Path, cfg: GeneratorConfig) -> None:
 
 
 def generate(root: str | Path, kind: Kind, config: GeneratorConfig | None = None) -> Path:
-    """Make ``root`` hold the generated ``kind`` data set for ``config`` (reusing a matching one). Returns ``root``."""
+    """Make ``root`` hold the generated ``kind`` data set for ``config`` (reusing a matching one). Returns ``root``.
+
+    Concurrent callers on one ``root`` generate it once: the others wait for it (``datamodules.locks``).
+    """
     root, cfg = Path(root), config or GeneratorConfig()
     stamp = {"kind": kind, "version": GENERATOR_VERSION, **asdict(cfg)}
-    marker = root / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == stamp:
+    if _matches(root, stamp):
         return root
+    with target_lock(root):
+        if not _matches(root, stamp):  # not made meanwhile by the process that held the lock
+            _generate(root, kind, cfg, stamp)
+    return root
+
+
+def _matches(root: Path, stamp: dict) -> bool:
+    marker = root / MARKER
+    return marker.is_file() and json.loads(marker.read_text()) == stamp
+
+
+def _generate(root: Path, kind: Kind, cfg: GeneratorConfig, stamp: dict) -> None:
+    """Write the data set into a temporary folder beside ``root`` and rename it into place (caller holds the lock)."""
+    marker = root / MARKER
     if root.exists() and any(root.iterdir()) and not marker.is_file():
         raise DataFormatError(root, "exists and is not a generated data set: refusing to overwrite it; pick another root")
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -137,4 +154,3 @@ def generate(root: str | Path, kind: Kind, config: GeneratorConfig | None = None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return root

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -116,20 +117,28 @@ def _user_files(folder: Path) -> list[Path]:
 
 
 class _Crash(Callback):
-    """Simulates a killed run: raises when epoch ``at`` starts (after ``last.ckpt`` of the epoch before)."""
+    """Simulates a killed run: raises at the second batch of epoch ``at`` (``last.ckpt`` holds the epoch before)."""
 
     def __init__(self, at: int) -> None:
         self.at = at
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if trainer.current_epoch == self.at:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        if trainer.current_epoch == self.at and batch_idx == 1:
             raise RuntimeError("simulated crash")
 
 
-def _fit(args: list[str], ckpt_path: str | None = None, extra: Callback | None = None) -> LightningModule:
+class _StartEpoch(Callback):
+    """Records the epoch a ``fit`` starts at (a resumed run starts at the killed epoch, not at 0)."""
+
+    epoch: int | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.epoch = trainer.current_epoch
+
+
+def _fit(args: list[str], ckpt_path: str | None = None, *extra: Callback) -> LightningModule:
     cli = make_cli(args, run=False)
-    if extra is not None:
-        cli.trainer.callbacks.append(extra)
+    cli.trainer.callbacks.extend(extra)
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=ckpt_path)
     return cli.model
 
@@ -145,13 +154,37 @@ def test_resume_after_crash_continues_identically(
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "b")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(args, extra=_Crash(at=2))
-    resumed = _fit(args, ckpt_path="last")
+        _fit(args, None, _Crash(at=2))
+    start = _StartEpoch()
+    resumed = _fit(args, "last", start)
+    assert start.epoch == 2, "the resume did not load last.ckpt"
 
     a, b = straight.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+@pytest.mark.slow
+def test_resumes_leave_last_at_the_final_epoch_and_one_best(in_tmp: Path, gen_cls_root: Path) -> None:
+    """Killed mid-epoch twice, resumed with ``--ckpt_path last`` each time: every resume starts at the killed
+    epoch, ``last.ckpt`` ends at the final epoch and exactly one best file remains, the one its state names."""
+    args = ["--config", DEMO, *tiny_args(gen_cls_root, epochs=4)]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(args, None, _Crash(at=1))
+    start = _StartEpoch()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(args, "last", start, _Crash(at=3))
+    assert start.epoch == 1
+    _fit(args, "last", start)
+    assert start.epoch == 3
+    folder = in_tmp / "runs/demo/checkpoints"
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 3
+    (best,) = folder.glob("best-*.ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == sorted([best.name, "last.ckpt"])
+    states = [v for k, v in last["callbacks"].items() if "'val/acc'" in k]
+    assert [Path(st["best_model_path"]).name for st in states] == [best.name]
 
 
 def test_wandb_offline_run_has_logged_keys(in_tmp: Path, gen_cls_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,9 +225,10 @@ def test_fit_segmentation(in_tmp: Path, gen_seg_root: Path) -> None:
     (row,) = json.loads(next((in_tmp / "runs").rglob("predictions.json")).read_text())
     task = load_task(str(in_tmp / "runs/demo_seg/checkpoints/last.ckpt"))
     allowed = set(torch.nonzero(task.part_mask[task.category_names.index(category)]).flatten().tolist())
-    assert len(row["parts"]) == 128 and set(row["parts"]) <= allowed
+    assert len(row["parts"]) == 400 and set(row["parts"]) <= allowed  # every row of the file, not the 128 sampled
+    assert len(row["sampled_rows"]) == 128
     ply = o3d.io.read_point_cloud(row["ply"])
-    assert len(ply.points) == 128 and ply.has_colors()
+    assert len(ply.points) == 400 and ply.has_colors()
 
 
 def _odd_h5_copy(gen_root: Path, out: Path) -> Path:
@@ -239,6 +273,6 @@ def test_ddp_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Path
     one = _last_metrics(in_tmp / "runs")
     assert one["num_samples"] == two["num_samples"] and one["num_samples"] % 2 == 1
     assert sum(map(sum, two["details"]["confusion"])) == two["num_samples"]  # every shape counted once
-    for key in ("test/acc", "test/macc"):
+    for key in ("test/acc", "test/macc", "test/loss"):
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-6), key
     assert one["details"]["confusion"] == two["details"]["confusion"]

@@ -50,26 +50,33 @@ def test_one_logits_path_classification() -> None:
     pos = torch.randn(2, 64, 3)
     batch = {"pos": pos, "normal": torch.nn.functional.normalize(pos, dim=-1), "index": torch.arange(2)}
     with torch.no_grad():
+        want = task.head(task.backbone.forward_features(pos, batch["normal"]))  # composed by hand: head ∘ backbone
+        without_normals = task.head(task.backbone.forward_features(pos, torch.zeros_like(pos)))
         logits = task.logits(batch)
-        assert logits.shape == (2, 4)
-        torch.testing.assert_close(task(pos, batch["normal"]), logits)
-        torch.testing.assert_close(task.logits(batch, task.features(batch, return_attention=True)), logits)
+        assert logits.shape == (2, 4) and not torch.allclose(want, without_normals)  # the normals matter
+        torch.testing.assert_close(logits, want)
+        torch.testing.assert_close(task(pos, batch["normal"]), want)
+        torch.testing.assert_close(task.logits(batch, task.features(batch, return_attention=True)), want)
         pred = task.predict_step(batch, 0)
-    torch.testing.assert_close(pred["probs"], logits.softmax(-1))
+    torch.testing.assert_close(pred["probs"], want.softmax(-1))
     assert torch.equal(pred["pred"], logits.argmax(-1))
 
 
 def test_one_logits_path_segmentation() -> None:
     task = SegmentationTask(_backbone(), num_parts=5, num_categories=2, part_mask=PART_MASK).eval()
     batch = {"pos": torch.randn(2, 64, 3), "category": torch.tensor([0, 1]), "index": torch.arange(2)}
+    foreign = ~torch.tensor(PART_MASK, dtype=torch.bool)[batch["category"]]  # (B, P)
     with torch.no_grad():
+        raw = task.head(task.backbone.forward_features(batch["pos"]), batch["category"])  # head ∘ backbone by hand
+        want = raw.masked_fill(foreign.unsqueeze(1), float("-inf"))
         logits = task.logits(batch)
-        torch.testing.assert_close(task(batch["pos"], batch["category"]), logits)
-        torch.testing.assert_close(task.logits(batch, task.features(batch)), logits)
+        torch.testing.assert_close(logits, want)
+        torch.testing.assert_close(task(batch["pos"], batch["category"]), want)
+        torch.testing.assert_close(task.logits(batch, task.features(batch, return_attention=True)), want)
         pred = task.predict_step(batch, 0)
     assert logits.shape == (2, 64, 5)
-    foreign = ~torch.tensor(PART_MASK, dtype=torch.bool)[batch["category"]]  # (B, P)
     assert torch.isinf(logits[foreign.unsqueeze(1).expand_as(logits)]).all()
+    assert torch.isfinite(logits[~foreign.unsqueeze(1).expand_as(logits)]).all()
     assert torch.equal(pred["part"], logits.argmax(-1))
 
 
@@ -111,6 +118,27 @@ def test_vote_is_accuracy_of_mean_logits_by_hand(tmp_path: Path, monkeypatch: py
     assert result["test/acc_vote"] == pytest.approx((vote == labels).mean())
     assert result["test/macc_vote"] == pytest.approx(mean_class_acc(vote))
     assert task.test_results["confusion_vote"].sum() == len(samples)
+
+
+@pytest.mark.parametrize("kind", ["classification", "segmentation"])
+def test_padded_duplicates_count_once_in_loss_and_metrics(tmp_path: Path, kind: str) -> None:
+    """DistributedSampler pads with repeated samples (same ``index``): test loss and metrics must not change."""
+    torch.manual_seed(0)
+    samples = _clouds(7)
+    if kind == "classification":
+        task = ClassificationTask(_backbone(), num_classes=3)
+    else:
+        task = SegmentationTask(_backbone(), num_parts=5, num_categories=2, part_mask=PART_MASK)
+        g = torch.Generator().manual_seed(1)
+        for s in samples:
+            s["category"] = s.pop("label") % 2
+            parts = torch.tensor(PART_MASK[int(s["category"])]).nonzero().flatten()
+            s["part"] = parts[torch.randint(len(parts), (32,), generator=g)]
+    (plain,) = _trainer(tmp_path).test(task, DataLoader(samples, batch_size=4), verbose=False)
+    (padded,) = _trainer(tmp_path).test(task, DataLoader(samples + samples[:1], batch_size=4), verbose=False)
+    assert plain.keys() == padded.keys() and "test/loss" in plain
+    for key in plain:
+        assert padded[key] == pytest.approx(plain[key], abs=1e-6), key
 
 
 def test_no_vote_metrics_when_off(tmp_path: Path) -> None:

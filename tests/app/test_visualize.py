@@ -142,6 +142,32 @@ def test_checkpoint_decides_the_data_settings(trained, tiny_config, tmp_path, ca
     assert err.startswith(f"error: {ckpt}: trained on other data settings than the config's: num_points: checkpoint 128, config 256")
 
 
+def test_file_is_resampled_with_the_checkpoints_sampling(trained, tmp_path) -> None:
+    """A checkpoint trained with ``sampling: random``: the file's points are the seeded random subset that
+    ``predict`` would take, not the farthest-point subset (compared as sets: the order is not part of it)."""
+    import torch
+
+    from datamodules.files import load_file_sample
+
+    ckpt, _ = trained
+    state = torch.load(ckpt, weights_only=True)
+    assert state["datamodule_hyper_parameters"]["sampling"] == "fps"
+    state["datamodule_hyper_parameters"]["sampling"] = "random"
+    random_ckpt = tmp_path / "random.ckpt"
+    torch.save(state, random_ckpt)
+    cloud = tmp_path / "blob.npy"
+    np.save(cloud, np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32))
+    paths = _run("--ckpt", str(random_ckpt), "--file", str(cloud), "--out", str(tmp_path / "o"), "--size", "64", "48")
+
+    def point_set(pos: np.ndarray) -> set[tuple[float, ...]]:
+        return {tuple(p) for p in np.round(np.asarray(pos, np.float64), 4)}
+
+    drawn = point_set(o3d.io.read_point_cloud(str(paths["ply"][0])).points)
+    assert len(drawn) == 128
+    assert drawn == point_set(load_file_sample(cloud, 128, True, sampling="random")["pos"].numpy())
+    assert drawn != point_set(load_file_sample(cloud, 128, True, sampling="fps")["pos"].numpy())
+
+
 # ---------------------------------------------------------------------------------------------- paper scale
 def test_paper_scale_picture_is_readable_on_a_real_sample(real_samples, tmp_path) -> None:
     """1024 points → 512 → 256 → 128 centroids on a real ModelNet40 shape: at most 10 colour groups in every
