@@ -173,6 +173,9 @@ class CellResult:
     kernel_frac: float | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    train_range_ms: list[float] | None = None  # [fastest, slowest] of the timed steps
+    infer_range_sps: list[float] | None = None  # [slowest, fastest] of the timed inference batches
+    op_range_ms: list[float] | None = None
 
 
 def _rss_mib() -> float:
@@ -189,9 +192,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Callable[[], object], device: str, repeats: int, budget_s: float) -> tuple[float, int]:
+def _timed(fn: Callable[[], object], device: str, repeats: int, budget_s: float) -> tuple[float, int, list[float]]:
     """Median seconds of ``fn`` after one warm-up (two on CUDA, whose first call in a process also creates the
-    library handles); repeats capped so they fit ``budget_s``."""
+    library handles), the number of timed runs and their ``[min, max]``; repeats capped so they fit ``budget_s``."""
     for _ in range(2 if device.startswith("cuda") else 1):
         _sync(device)
         t = time.perf_counter()
@@ -205,7 +208,7 @@ def _timed(fn: Callable[[], object], device: str, repeats: int, budget_s: float)
         fn()
         _sync(device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times), n
+    return statistics.median(times), n, [min(times), max(times)]
 
 
 def gpu_busy_s(fn: Callable[[], object]) -> float:
@@ -255,8 +258,8 @@ def _run_op(spec: CellSpec) -> CellResult:
             "fps_exact": lambda: farthest_point_sample(pos, m, method="exact"),
         }
     with torch.inference_mode():
-        sec, n = _timed(fns[spec.name], spec.device, spec.repeats, spec.budget_s)
-    return CellResult(spec, op_ms=sec * 1e3, repeats=n)
+        sec, n, spread = _timed(fns[spec.name], spec.device, spec.repeats, spec.budget_s)
+    return CellResult(spec, op_ms=sec * 1e3, repeats=n, op_range_ms=[t * 1e3 for t in spread])
 
 
 def forward_gflops(model: nn.Module, *inputs: Tensor) -> float:
@@ -307,15 +310,16 @@ def _run_model(spec: CellSpec) -> CellResult:
         step()
         _sync(dev)
         notes.append(f"compile + first step {time.perf_counter() - t:.1f} s")
-    train_s, n = _timed(step, dev, spec.repeats, spec.budget_s / 2)
+    train_s, n, train_spread = _timed(step, dev, spec.repeats, spec.budget_s / 2)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _peak_rss_mib() - rss0
     kernel_frac = gpu_busy_s(step) / train_s if cuda else None
     tensors = peak if cuda else tensor_peak_mib(step)
     model.eval()
-    infer_s, _ = _timed(infer, dev, spec.repeats, spec.budget_s / 2)
+    infer_s, _, infer_spread = _timed(infer, dev, spec.repeats, spec.budget_s / 2)
     gflops = forward_gflops(model, pos[:1]) if spec.flops else None  # one extra forward on one cloud
     return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, tensors, gflops, params, repeats=n,
-                      kernel_frac=kernel_frac, notes=notes)  # fmt: skip
+                      kernel_frac=kernel_frac, notes=notes, train_range_ms=[t * 1e3 for t in train_spread],
+                      infer_range_sps=[spec.batch / t for t in reversed(infer_spread)])  # fmt: skip
 
 
 def run_cell(spec: CellSpec) -> CellResult:
