@@ -49,17 +49,22 @@ def sample_from_split(datamodule: object, split: str, index: int) -> dict[str, T
 @torch.no_grad()
 def analyse(task: LightningModule, sample: dict[str, Tensor], name: str = "", trained: bool = True) -> Analysis:
     """Run the task on one unbatched sample and collect the per-stage centroids and assignments."""
-    batch = {k: v.unsqueeze(0).to(task.device) for k, v in sample.items()}
+    # floating inputs in the model's dtype (a bf16-true or .half() model), positions back in float32 for drawing
+    def batched(v: Tensor) -> Tensor:
+        return v.unsqueeze(0).to(task.device, task.dtype if v.is_floating_point() else None)
+
+    batch = {k: batched(v) for k, v in sample.items()}
     out = task.features(batch, return_attention=True)
-    points = out.pos[0].cpu().numpy()
+    points = out.pos[0].float().cpu().numpy()
     stages, inputs = [], [points]
     for st in out.stages:
-        stages.append(render.StageArrays(st.pos[0].cpu().numpy(), st.assignment[0].cpu().numpy(), st.neighbors[0].cpu().numpy()))
+        stages.append(render.StageArrays(st.pos[0].float().cpu().numpy(), st.assignment[0].cpu().numpy(),
+                                         st.neighbors[0].cpu().numpy()))
         inputs.append(stages[-1].centroids)
     status = "" if trained else " · untrained"
     parts = true_parts = None
     if hasattr(task, "class_names"):
-        probs = task.logits(batch, out).softmax(-1)[0]
+        probs = task.logits(batch, out).float().softmax(-1)[0]
         pred = int(probs.argmax())
         truth = f"true: {task.class_names[int(sample['label'])]} · " if "label" in sample else ""
         title = f"{name} · {truth}predicted: {task.class_names[pred]} ({float(probs[pred]):.0%}){status}"
