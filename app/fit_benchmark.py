@@ -3,9 +3,9 @@
 ``configs/modelnet40.yaml`` (the paper-scale classifier and its recipe, 1024 points) on a generated data set
 of ModelNet40's size: 820 training and 206 test shapes for each of the generator's 12 classes (9840 and 2472
 shapes; ModelNet40 has 9843 and 2468). The run is ``python -m app fit`` in a subprocess, with the loaders,
-validation, checkpointing and learning-rate logging of the config, W&B swapped for CSV files, timed by ``benchmarks.fit_timer.FitTimer``: training
-samples/s, epoch time with validation, the share of time outside the training steps (loader wait), and on
-CUDA the GPU's busy share (with ``configs/trainer/gpu_bf16.yaml``).
+validation, checkpointing and learning-rate logging of the config, W&B swapped for CSV files, timed by
+``benchmarks.fit_timer.FitTimer``: training samples/s, epoch time with validation, the share of time outside
+the training steps (loader wait), and on CUDA the GPU's busy share (with ``configs/trainer/gpu_bf16.yaml``).
 """
 
 from __future__ import annotations
@@ -67,14 +67,15 @@ def run_fit(device: str, data_root: str, epochs: int, limit_batches: int | None,
 
 def render_fit(fit: dict, h: str) -> list[str]:
     """The report's section on the ``fit`` measurement."""
-    out = ["", f"{h} A real fit at paper scale (Lightning CLI, configs/modelnet40.yaml, generated data of ModelNet40's size)",
-           "", f"`{fit['command']}`", ""]  # fmt: skip
+    title = "A real fit at paper scale (Lightning CLI, configs/modelnet40.yaml, generated data of ModelNet40's size)"
+    out = ["", f"{h} {title}", "", f"`{fit['command']}`", ""]
     if fit.get("error"):
         return out + [f"Failed: {fit['error']}"]
     out += ["Training samples/s over the epoch's training batches; epoch time includes validation; *outside steps* is "
             "the time between training batches (the loop waiting on its loader, plus Lightning's bookkeeping) over "
             "the training time; GPU busy over training batches 20–40 of the first epoch (CUDA only).", "",
-            "| epoch | training samples | samples/s | training s | epoch s (with validation) | outside steps | GPU busy |",
+            "| epoch | training samples | samples/s | training s | epoch s (with validation) | outside steps "
+            "| GPU busy |",
             "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for e in fit["epochs"]:
         busy = "–" if e.get("gpu_busy_frac") is None else f"{100 * e['gpu_busy_frac']:.0f} %"
