@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from app import render
 from app.analysis import analyse, render_analysis
 from app.paths import fresh_path, run_dir
+from models.ops import knn
 
 
 def _plain(value: Any) -> Any:
@@ -107,15 +108,14 @@ class TestMetricsWriter(Callback):
         return len(loader.dataset) if loader is not None and hasattr(loader.dataset, "__len__") else None
 
 
-def nearest_parts(points: np.ndarray, sampled: np.ndarray, parts: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """The part of each of ``points`` = the part of its nearest ``sampled`` point (ties: the first).
+def nearest_parts(points: np.ndarray, sampled: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """The part of each of ``points`` = the part of its nearest ``sampled`` point (``models.ops.knn``, k = 1).
 
     Shapes:
         points: ``[P, 3]``; sampled: ``[N, 3]``; parts: ``[N]``. Returns ``[P]`` int64.
     """
-    target = torch.from_numpy(np.asarray(sampled, np.float64))
-    query = torch.from_numpy(np.asarray(points, np.float64))
-    nearest = torch.cat([torch.cdist(q, target).argmin(1) for q in query.split(chunk)])  # (P,)
+    query = torch.from_numpy(np.asarray(points, np.float64))[None]
+    nearest = knn(query, torch.from_numpy(np.asarray(sampled, np.float64))[None], 1)[0, :, 0]  # (P,)
     return np.asarray(parts, np.int64)[nearest.numpy()]
 
 

@@ -16,8 +16,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from datamodules.io import count_clouds, read_points
-from datamodules.sampling import Sampling, fps_order, select_points
-from datamodules.transforms import normalize_unit_sphere
+from datamodules.sampling import Sampling, select_points
+from datamodules.transforms import FPSOrder, normalize_unit_sphere
 
 #: Neighbours used to estimate normals of files that have none (when the model expects normals).
 NORMAL_NEIGHBORS = 16
@@ -54,15 +54,13 @@ def load_file_sample(
     cloud = read_points(path, seed=seed, index=index)
     row = select_points([cloud["pos"]], num_points, sampling, np.random.default_rng(seed))[0]
     pos = normalize_unit_sphere(cloud["pos"][row])
-    order = fps_order(pos)  # the batch contract: points in FPS order (docs/batch.md), rows reordered alike
-    row, pos = row[order], pos[order]
-    sample = {"pos": torch.from_numpy(np.ascontiguousarray(pos)), "source_index": torch.from_numpy(row)}
+    sample = {"pos": torch.from_numpy(pos), "source_index": torch.from_numpy(row)}
     if use_normals:
         normal = estimate_normals(pos) if cloud["normal"] is None else cloud["normal"][row]
         sample["normal"] = torch.from_numpy(np.ascontiguousarray(normal, np.float32))
     if category is not None:
         sample["category"] = torch.tensor(category, dtype=torch.long)
-    return sample
+    return FPSOrder()(sample)  # the batch contract: points in FPS order (docs/batch.md), file rows alike
 
 
 def file_points(path: str | Path, seed: int = 0, index: int | None = None) -> np.ndarray:

@@ -15,6 +15,9 @@ from torch import Tensor
 
 from datamodules.sampling import fps_order
 
+#: The keys of a sample with one row per point: reordered (or dropped) together.
+PER_POINT_KEYS = ("pos", "normal", "part", "source_index")
+
 
 def normalize_unit_sphere(pos: np.ndarray) -> np.ndarray:
     """Centre ``[..., N, 3]`` clouds on their mean and scale them so the farthest point has norm 1."""
@@ -51,7 +54,7 @@ class Augment:
         s = dict(sample)
         pos, normal = s["pos"], s.get("normal")
         n = pos.shape[0]
-        per_point = [k for k in ("pos", "normal", "part") if k in s]
+        per_point = [k for k in PER_POINT_KEYS if k in s]
         if self.shuffle:
             perm = torch.randperm(n)
             for k in per_point:
@@ -95,9 +98,9 @@ class FPSOrder:
     points: int | None = None
 
     def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Reorder ``pos`` and the other per-point keys (``normal``, ``part``) alike (a new dict)."""
+        """Reorder ``pos`` and the other per-point keys (``PER_POINT_KEYS``) alike (a new dict)."""
         order = torch.from_numpy(fps_order(sample["pos"].numpy(), self.points))
-        return {k: v[order] if k in ("pos", "normal", "part") else v for k, v in sample.items()}
+        return {k: v[order] if k in PER_POINT_KEYS else v for k, v in sample.items()}
 
 
 @dataclass

@@ -143,6 +143,9 @@ def _quickfps(pos: Tensor, m: int, start: Tensor) -> Tensor:
     return swap.gather(1, picks)
 
 
+#: Triton ships with the CUDA builds of torch: on CUDA the FPS here and the per-pair work of ``models.pairs`` run
+#: as its kernels.
+TRITON = importlib.util.find_spec("triton") is not None
 #: Exact FPS on the CPU by ``torch_quickfps`` where its wheel exists (Linux x86-64, macOS arm64); elsewhere the
 #: reference loop.
 QUICKFPS = importlib.util.find_spec("torch_quickfps") is not None
@@ -155,7 +158,7 @@ def _fps_op(pos: Tensor, m: int) -> Tensor:
     CPU, the reference loop elsewhere (docs/operator.md §2)."""
     pos = pos.to(widest_dtype(torch.float32, pos))  # distances and the mean in float32 at least, never bf16
     start = farthest_from_mean(pos)
-    if pos.device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+    if pos.device.type == "cuda" and TRITON:
         from models.triton_fps import triton_farthest_point_sample  # noqa: PLC0415 -- Triton only where used
 
         return triton_farthest_point_sample(pos, m, start, validate=False)

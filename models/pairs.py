@@ -37,7 +37,6 @@ local attention runs as sparse products instead (``models.csr``, docs/operator.m
 from __future__ import annotations
 
 import functools
-import importlib.util
 import warnings
 
 import torch
@@ -46,11 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from models.ops import widest_dtype
+from models.ops import TRITON, widest_dtype
 
-#: Triton ships with the CUDA builds of torch: on CUDA, local attention and the neighbour max run as its fused
-#: kernels (``models.triton_pairs``), the chunked functions here elsewhere.
-TRITON = importlib.util.find_spec("triton") is not None
 #: Elements of one chunk's gathered keys on CPU (R_chunk·K·C): 2^19 floats = 2 MiB, about an L2 cache.
 CPU_CHUNK_ELEMENTS = 1 << 19
 
@@ -443,7 +439,8 @@ def knn_batchnorm_max_pool(
 def _sync_group(norm: _BatchNorm) -> dist.ProcessGroup | None:
     """The process group whose pairs a training ``SyncBatchNorm`` takes its statistics over (``None``: this
     process's pairs only), as ``nn.SyncBatchNorm.forward`` decides."""
-    if not (isinstance(norm, torch.nn.SyncBatchNorm) and norm.training and dist.is_available() and dist.is_initialized()):
+    distributed = dist.is_available() and dist.is_initialized()
+    if not (isinstance(norm, torch.nn.SyncBatchNorm) and norm.training and distributed):
         return None
     group = norm.process_group or dist.group.WORLD
     return group if dist.get_world_size(group) > 1 else None
