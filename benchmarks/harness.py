@@ -55,8 +55,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
 from benchmarks.fit_timer import busy_seconds
 from models.backbone import CentroidBackbone
-from models.centroid_attention import pair_flop_counter
-from models.flops import count_parameters
+from models.flops import count_parameters, gathered_kernels
 from datamodules.sampling import fps_order
 from datamodules.transforms import FPSOrder
 from models.heads import ClassificationHead
@@ -264,12 +263,12 @@ def _run_op(spec: CellSpec) -> CellResult:
 
 def forward_gflops(model: nn.Module, *inputs: Tensor) -> float:
     """Forward GFLOPs (2 × MACs) of ``model(*inputs)``: every matmul and attention kernel counted, SDPA forced
-    onto its math kernel (its fused CPU/GPU kernels are not all known to the counter), and the local centroid
-    attention's per-pair products (broadcast multiplies the counter does not see) added."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), \
-            pair_flop_counter() as pairs:  # fmt: skip
+    onto its math kernel (its fused CPU/GPU kernels are not all known to the counter), and the centroid models'
+    per-pair work on the gathered kernel, whose products the counter sees (``models.flops.gathered_kernels``)."""
+    with torch.no_grad(), gathered_kernels(model), FlopCounterMode(display=False) as counter, \
+            sdpa_kernel(SDPBackend.MATH):  # fmt: skip
         model(*inputs)
-    return (counter.get_total_flops() + pairs[0]) / 1e9
+    return counter.get_total_flops() / 1e9
 
 
 def _run_model(spec: CellSpec) -> CellResult:

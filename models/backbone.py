@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.centroid_attention import CentroidAttentionBlock, hard_assignment
 from models.ops import farthest_point_sample, flat_index, gather, knn, random_sample
-from models.pairs import chunk_rows, knn_batchnorm_max_pool, knn_max_pool
+from models.pairs import Kernel, knn_batchnorm_max_pool, knn_max_pool
 from models.spatial import locality_order
 
 Sampling = Literal["prefix", "fps", "random"]
@@ -91,14 +91,19 @@ class KNNInit(nn.Module):
 
     Shapes: x ``[B, N, C_in]``, points ``[B, N, 3]`` (p_j), centres ``[B, M, 3]`` (p_i), neighbors
     ``[B, M, k]`` → ``[B, M, C]``.
+
+    ``kernel``: of the per-pair max-pools (``models.pairs``; ``"gathered"``: pure torch ops, for export).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, layers: int = 1, norm: InitNorm = "layer") -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, layers: int = 1, norm: InitNorm = "layer", kernel: Kernel = "auto"
+    ) -> None:
         super().__init__()
         if layers not in (1, 2):
             raise ValueError(f"KNN initialisation layers={layers} must be 1 or 2")
         if norm not in ("layer", "batch"):
             raise ValueError(f"KNN initialisation norm={norm!r} must be 'layer' or 'batch'")
+        self.kernel = kernel
         self.embed_x = nn.Linear(in_dim, out_dim)
         self.embed_pos = nn.Linear(3, out_dim, bias=False)
         self.norm = _pair_norm_layer(out_dim, norm)
@@ -112,10 +117,10 @@ class KNNInit(nn.Module):
         source = self.embed_x(x)  # (B, N, C)
         (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
         index = flat_index(neighbors, N).reshape(B * M, k)
-        chunk = chunk_rows(B * M, k * C, source.device, None)
         if self.hidden is None and isinstance(self.norm, _BatchNorm):  # no pair is built (docs/operator.md §7)
             pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
-                                            centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index, chunk)  # fmt: skip
+                                            centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index,
+                                            kernel=self.kernel)  # fmt: skip
             return self.proj(torch.relu(pooled.view(B, M, C)))
         rel = gather(points, neighbors) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
         if self.hidden is not None:
@@ -124,7 +129,7 @@ class KNNInit(nn.Module):
             return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
         # max_k LN(z_ij) without keeping the (B, M, k, C) pairs
         pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
-                              index, chunk)  # fmt: skip
+                              index, kernel=self.kernel)  # fmt: skip
         return self.proj(torch.relu(pooled.view(B, M, C)))
 
 
@@ -174,6 +179,8 @@ class CentroidStage(nn.Module):
             the backward pass (activation checkpointing): for clouds too large for memory, at the price of a
             second forward pass (BENCHMARKS.md, variants). Off by default: speed first. The BatchNorms' running
             statistics are updated once per training step: the recomputation puts them back as it found them.
+        kernel: the per-pair kernel of the KNN initialisation and the local attention (``models.pairs``:
+            ``"auto"`` chooses from the device; ``"gathered"`` is pure torch ops, for ``torch.export`` and ONNX).
         sampling: seeds by exact FPS of the stage's inputs (``"fps"``, order-independent: started at the
             point farthest from the mean; the backbone runs it in its first stage only and gives the later
             stages ``"prefix"``), the first M inputs (``"prefix"``: a contract that the inputs are in
@@ -206,6 +213,7 @@ class CentroidStage(nn.Module):
         init_layers: int = 1,
         init_norm: InitNorm = "batch",
         recompute: bool = False,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         if sampling not in ("prefix", "fps", "random"):
@@ -214,8 +222,8 @@ class CentroidStage(nn.Module):
             raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
         self.mode, self.sampling, self.normalize_offsets, self.recompute = mode, sampling, normalize_offsets, recompute
-        self.init = KNNInit(in_dim, out_dim, init_layers, init_norm)
-        block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
+        self.init = KNNInit(in_dim, out_dim, init_layers, init_norm, kernel)
+        block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale, kernel=kernel)
         self.attention = CentroidAttentionBlock(
             out_dim, heads, steps, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
             kv_dim=in_dim, **block,
@@ -298,7 +306,7 @@ class CentroidBackbone(nn.Module):
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
         k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, init_norm, recompute: shared by every
+            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, init_norm, recompute, kernel: shared by every
             stage, see :class:`CentroidStage`; with ``sampling="fps"`` only the first stage samples, the later
             ones take prefixes of its FPS order (exactly their FPS, by the prefix property: docs/operator.md §2).
 
@@ -329,6 +337,7 @@ class CentroidBackbone(nn.Module):
         init_layers: int = 1,
         init_norm: InitNorm = "batch",
         recompute: bool = False,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
         if len(num_centroids) != len(widths) or not widths:
@@ -345,7 +354,7 @@ class CentroidBackbone(nn.Module):
                       self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
                       pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
                       dropout=dropout, layer_scale=layer_scale, init_layers=init_layers, init_norm=init_norm,
-                      recompute=recompute)  # fmt: skip
+                      recompute=recompute, kernel=kernel)  # fmt: skip
         later = "prefix" if sampling == "fps" else sampling  # stage s > 1: the prefix of stage 1's FPS order
         self.stages = nn.ModuleList(
             CentroidStage(c_in, c_out, m, sampling=sampling if s == 0 else later, **shared)

@@ -12,9 +12,8 @@ import torch
 
 from datamodules.sampling import fps_order
 from models.backbone import CentroidBackbone, CentroidStage, KNNInit
-from models.csr import sparse_kernels
 from models.heads import ClassificationHead, SegmentationHead
-from models.ops import farthest_point_sample
+from models.ops import TRITON, farthest_point_sample
 
 SMALL = dict(stem_width=16, num_centroids=[32, 16, 8], widths=[16, 24, 32], k=6, heads=2)
 
@@ -520,18 +519,19 @@ def _rows_of(pos: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.stack([p[o] for p, o in zip(pos, order)])
 
 
-def test_sparse_and_chunked_kernels_give_the_same_model_in_float64() -> None:
-    """The CPU's sparse kernels (models.csr) against the chunked ones (accelerators, torch.compile): a training
-    step of the whole backbone, BatchNorm statistics included, forward, every gradient and running statistics."""
+@pytest.mark.parametrize("kernel", ["gathered", "chunked",
+                                    pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="no Triton"))])
+def test_every_kernel_gives_the_csr_kernels_model_in_float64(kernel: str) -> None:
+    """The CPU's sparse kernels (models.pairs.csr) against each other kernel: a training step of the whole
+    backbone, BatchNorm statistics included, forward, every gradient and running statistics."""
     pos, x = _cloud(2, 64, 36, 4)
     pos, x = pos.double(), x.double()
     results = []
-    for enabled in (True, False):
+    for name in ("csr", kernel):
         torch.manual_seed(0)
-        net = CentroidBackbone(4, layer_scale=0.5, normalize_offsets=True, **SMALL).double()
-        with sparse_kernels(enabled):
-            out = net(pos, x)
-            (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        net = CentroidBackbone(4, layer_scale=0.5, normalize_offsets=True, kernel=name, **SMALL).double()
+        out = net(pos, x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         results.append((out.detach(), [p.grad for p in net.parameters()], [b.clone() for b in net.buffers()]))
     (out_a, grads_a, bufs_a), (out_b, grads_b, bufs_b) = results
     torch.testing.assert_close(out_a, out_b, rtol=1e-12, atol=1e-12)

@@ -6,8 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.backbone import CentroidBackbone
-from models.centroid_attention import pair_flop_counter
-from models.flops import count_flops, count_parameters
+from models.flops import count_flops, count_parameters, gathered_kernels
 from models.heads import ClassificationHead, SegmentationHead
 
 
@@ -48,14 +47,19 @@ def test_default_classifier_flops_and_parameters() -> None:
 
 
 def test_local_attention_per_pair_products_are_counted_once_per_stage() -> None:
-    """q·k and Σ a·v: 2 × (M·K·C multiply-accumulates) each, at every one of the T steps, in the stage that runs
-    them; the rest is what the counter sees."""
-    net = CentroidBackbone(stem_width=16, num_centroids=[32, 16], widths=[16, 32], k=8, heads=2, steps=2)
+    """q·k, Σ a·v and the position code's q̃·r and Σ a·r (e = d: M·K·C multiply-accumulates each), at every one
+    of the T steps, in the stage that runs them: what the counter sees with the gathered kernel beyond what it
+    sees with the chunked one (a custom operator it does not look into)."""
+    net = CentroidBackbone(stem_width=16, num_centroids=[32, 16], widths=[16, 32], k=8, heads=2, steps=2,
+                           kernel="chunked").eval()  # fmt: skip
     flops = count_flops(net, num_points=64)
-    net.eval()
-    with torch.no_grad(), pair_flop_counter(), FlopCounterMode(display=False) as counter:
+    assert {m.kernel for m in net.modules() if hasattr(m, "kernel")} == {"chunked"}  # given back after counting
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(torch.rand(1, 64, 3))
     seen = counter.get_flop_counts()
     for s, (m, c) in enumerate(zip([32, 16], [16, 32])):
-        pairs = 2 * 2 * (2 * m * 8 * c)  # T = 2 steps × (q·k + Σ a·v) × 2 FLOPs per MAC
+        pairs = 2 * 4 * (2 * m * 8 * c)  # T = 2 steps × 4 products × 2 FLOPs per MAC
         assert flops[f"stage_{s + 1}"] == sum(seen[f"CentroidBackbone.stages.{s}"].values()) + pairs
+    with gathered_kernels(net), torch.no_grad(), FlopCounterMode(display=False) as gathered:
+        net(torch.rand(1, 64, 3))
+    assert gathered.get_total_flops() == sum(v for key, v in flops.items() if key != "total")
