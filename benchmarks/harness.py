@@ -54,7 +54,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
 from benchmarks.fit_timer import busy_seconds
-from models.backbone import CentroidBackbone
+from models.backbone import CentroidBackbone, StageSettings
 from models.flops import count_parameters, gathered_kernels
 from datamodules.sampling import fps_order
 from datamodules.transforms import FPSOrder
@@ -65,8 +65,8 @@ from models.ops import farthest_point_sample, knn
 # 128/256/512, k 16, 4 heads; every model picks its seeds the same way (``sampling``).
 Factory = Callable[..., nn.Module]
 MODELS: dict[str, tuple[str, Factory]] = {
-    "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], mode="local", steps=t, sampling=s, **kw)),
-    "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], mode="global", steps=t, sampling=s, **kw)),
+    "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="local", steps=t, **kw), s)),
+    "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="global", steps=t, **kw), s)),
     "full_attention": ("Full self-attention", lambda c, m, w, t, s, **kw: FullAttentionBackbone(c, w[0], m, w[1:], steps=t, sampling=s, **kw)),
     "pointnet2": ("PointNet++ SSG", lambda c, m, w, t, s, **kw: PointNet2SSG(c, w[0], m, w[1:], sampling=s, **kw)),
     "dgcnn": ("DGCNN", lambda c, m, w, t, s: DGCNN(c, w[0], m, w[1:], sampling=s)),
@@ -102,7 +102,8 @@ def build_classifier(
 
     ``sampling``: ``"fps"`` (the model samples: exact FPS in the first stage, prefixes after) or ``"prefix"``
     (inputs in FPS order, see :func:`ordered`). ``options``: further keyword
-    arguments of the centroid backbones (e.g. ``layer_scale``, ``normalize_offsets``). ``widths``: the stem
+    arguments of the centroid backbones' stage settings (``models.backbone.StageSettings``: e.g. ``layer_scale``,
+    ``normalize_offsets``) or of the baselines. ``widths``: the stem
     width, then one width per stage.
     """
     backbone = MODELS[name][1](in_channels, num_centroids(num_points, ratios), list(widths), steps, sampling, **(options or {}))

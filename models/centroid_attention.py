@@ -50,7 +50,8 @@ class KeyValues:
 
     ``key``/``value``: the projected inputs ``[B, N, C]``, shared by every centroid (global mode, ``index``
     ``None``) or indexed per centroid (local mode: ``index [B, M, K]`` long gives each centroid's K inputs;
-    the fast path reads them through the index and never keeps a gathered copy). ``rel``: the hidden layer ``r_ij = ReLU(W_1 (p_j − p_i) + b_1)`` of the relative-position code,
+    the fast path reads them through the index and never keeps a gathered copy). ``rel``: the hidden layer
+    ``r_ij = ReLU(W_1 (p_j − p_i) + b_1)`` of the relative-position code,
     ``[B, M, K|N, e]``, or ``None`` without position code. The code's last layer ``δ_ij = W_2 r_ij + b_2`` is
     never built per pair on the fast path (see :meth:`CentroidAttention.attend`). ``pairs``: ``index`` into the
     flattened B·N inputs (local mode), with what the kernels derive from it, shared by the T steps.
@@ -120,7 +121,9 @@ class CentroidAttention(nn.Module):
         # added to keys and values. Only its hidden layer runs on the M·K pairs; the last layer is moved out
         # of the pairs exactly (see `attend`).
         self.pos_mlp = (
-            nn.Sequential(nn.Linear(3, self.head_dim), nn.ReLU(), nn.Linear(self.head_dim, dim)) if pos_encoding else None
+            nn.Sequential(nn.Linear(3, self.head_dim), nn.ReLU(), nn.Linear(self.head_dim, dim))
+            if pos_encoding
+            else None
         )
 
     def extra_repr(self) -> str:
@@ -342,7 +345,9 @@ class FeedForward(nn.Sequential):
     """
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+        super().__init__(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
 
     def forward(self, x: Tensor, gain: Tensor | None = None) -> Tensor:
         hidden = self[2](self[1](self[0](x)))
@@ -415,7 +420,8 @@ class CentroidAttentionBlock(nn.Module):
         return_attention: bool = False,
         rel_pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """``rel_pos`` ``[B, M, K, 3]``: precomputed offsets ``p_j − p_i`` (see :meth:`CentroidAttention.keys_values`)."""
+        """``rel_pos`` ``[B, M, K, 3]``: precomputed offsets ``p_j − p_i``
+        (see :meth:`CentroidAttention.keys_values`)."""
         kv = self.attn.keys_values(self.norm_x(x), pos_u, pos_x, neighbors, rel_pos)  # inputs fixed across steps
         weights = None
         for t in range(self.steps):  # the same modules every step: the unrolled optimiser (docs/operator.md §1)

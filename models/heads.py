@@ -36,7 +36,9 @@ class ClassificationHead(nn.Module):
 
     num_categories = 0
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: list[int] = [512, 256], dropout: float = 0.5) -> None:  # noqa: B006
+    def __init__(
+        self, in_channels: int, num_classes: int, hidden: list[int] = [512, 256], dropout: float = 0.5  # noqa: B006
+    ) -> None:
         super().__init__()
         dims = [2 * in_channels, *hidden]
         self.mlp = nn.Sequential(*(_mlp_layer(a, b, dropout) for a, b in zip(dims[:-1], dims[1:])))

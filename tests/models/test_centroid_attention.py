@@ -30,7 +30,9 @@ def _lin(layer: nn.Linear, v: Tensor) -> Tensor:
     return layer.weight @ v + layer.bias
 
 
-def _reference(attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clustering_norm: bool = False) -> tuple[Tensor, Tensor]:
+def _reference(
+    attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clustering_norm: bool = False  # noqa: ANN001
+) -> tuple[Tensor, Tensor]:
     """Loops over batch, centroid i, head and input j: a_ij = softmax_j(q_i·k_ij/√d), out_i = W_o Σ_j a_ij v_ij.
 
     Returns the output [B, M, C] and the weights [B, h, M, J] (J = K local, N global).
@@ -74,7 +76,8 @@ def _reference(attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clusterin
         a = a / a.sum(-1, keepdim=True)
     for b in range(B):
         for i in range(u.shape[1]):
-            mixed = torch.cat([(a[b, head, i, :, None] * values[b, i, :, head * d : (head + 1) * d]).sum(0) for head in range(h)])
+            mixed = torch.cat([(a[b, head, i, :, None] * values[b, i, :, head * d : (head + 1) * d]).sum(0)
+                               for head in range(h)])  # fmt: skip
             out[b, i] = _lin(attn.to_out, mixed)
     return out, a
 
@@ -142,7 +145,8 @@ def test_m_equals_n_one_global_step_is_multihead_self_attention() -> None:
 
 
 def test_block_with_t1_global_is_a_pre_norm_transformer_layer() -> None:
-    block = _randomise(CentroidAttentionBlock(C, H, steps=1, ffn_ratio=2.0, mode="global", pos_encoding=False).double(), 2)
+    block = CentroidAttentionBlock(C, H, steps=1, ffn_ratio=2.0, mode="global", pos_encoding=False)
+    block = _randomise(block.double(), 2)
     layer = nn.TransformerEncoderLayer(C, H, 2 * C, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
     layer = layer.double().eval()
     with torch.no_grad():  # the block's two input norms both play the layer's norm1
@@ -245,7 +249,9 @@ def test_position_code_factorisation_with_dropout_keeps_the_bias_term(monkeypatc
     ("local", True, False, "gathered"), ("local", True, False, "chunked"),
     ("global", True, False, "auto"), ("global", False, False, "auto"), ("global", False, True, "auto"),
 ])  # fmt: skip
-def test_every_path_runs_under_bf16_autocast_on_cpu(mode: str, pos_encoding: bool, clustering_norm: bool, kernel: str) -> None:
+def test_every_path_runs_under_bf16_autocast_on_cpu(
+    mode: str, pos_encoding: bool, clustering_norm: bool, kernel: str
+) -> None:
     block = CentroidAttentionBlock(C, H, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
                                    kv_dim=6, kernel=kernel)  # fmt: skip
     u, x, pos_u, pos_x, nbr = _inputs(24, torch.float32, c_in=6)
