@@ -65,7 +65,7 @@ def test_ranks_take_disjoint_shards_of_one_permutation(world: int) -> None:
     data = range(12)
     single = list(SeededShuffle(data, data_seed=9, epoch=4))
     shards = [list(SeededShuffle(data, data_seed=9, num_replicas=world, rank=r, epoch=4)) for r in range(world)]
-    assert sorted(sum(shards, [])) == list(range(12))
+    assert sorted(i for shard in shards for i in shard) == list(range(12))
     assert all(shards[r] == single[r::world] for r in range(world))
 
 
