@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lightning import LightningModule
 from torch import Tensor
 
 from app import render
+from app.tasks import ClassificationTask, PointTask
 
 
 @dataclass
@@ -47,7 +47,7 @@ def sample_from_split(datamodule: object, split: str, index: int) -> dict[str, T
 
 
 @torch.no_grad()
-def analyse(task: LightningModule, sample: dict[str, Tensor], name: str = "", trained: bool = True) -> Analysis:
+def analyse(task: PointTask, sample: dict[str, Tensor], name: str = "", trained: bool = True) -> Analysis:
     """Run the task on one unbatched sample and collect the per-stage centroids and assignments."""
     # floating inputs in the model's dtype (a bf16-true or .half() model), positions back in float32 for drawing
     def batched(v: Tensor) -> Tensor:
@@ -63,7 +63,7 @@ def analyse(task: LightningModule, sample: dict[str, Tensor], name: str = "", tr
         inputs.append(stages[-1].centroids)
     status = "" if trained else " · untrained"
     parts = true_parts = None
-    if hasattr(task, "class_names"):
+    if isinstance(task, ClassificationTask):
         probs = task.logits(batch, out).float().softmax(-1)[0]
         pred = int(probs.argmax())
         truth = f"true: {task.class_names[int(sample['label'])]} · " if "label" in sample else ""
@@ -73,7 +73,7 @@ def analyse(task: LightningModule, sample: dict[str, Tensor], name: str = "", tr
             raise ValueError("segmentation needs the shape's category: pass --category NAME")
         parts = task.logits(batch, out).argmax(-1)[0].cpu().numpy()
         true_parts = sample["part"].numpy() if "part" in sample else None
-        title = f"{name} · category: {task.category_names[int(sample['category'])]}{status}"
+        title = f"{name} · category: {task.names[int(sample['category'])]}{status}"
     return Analysis(points, stages, title.strip(" ·"), parts, true_parts, inputs[:-1])
 
 

@@ -7,7 +7,8 @@ import json
 import random
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence, Sized
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from app import render
 from app.analysis import analyse, render_analysis
 from app.paths import fresh_path, run_dir
+from app.tasks import PointTask
+from datamodules.files import PointFilesDataset
 from models.ops import knn
 
 
@@ -88,12 +91,11 @@ class TestMetricsWriter(Callback):
         self.path: Path | None = None
 
     @rank_zero_only
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: Trainer, pl_module: PointTask) -> None:
         scalars = {k: _plain(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        results = {k: _plain(v) for k, v in getattr(pl_module, "test_results", {}).items()}
-        names = getattr(pl_module, "class_names", None) or getattr(pl_module, "category_names", None)
-        payload = {"metrics": scalars, "details": results, "names": names, "num_samples": self._num_samples(trainer),
-                   "checkpoint": getattr(pl_module, "test_checkpoint", None)}
+        results = {k: _plain(v) for k, v in pl_module.test_results.items()}
+        payload = {"metrics": scalars, "details": results, "names": pl_module.names,
+                   "num_samples": self._num_samples(trainer), "checkpoint": pl_module.test_checkpoint}
         directory = run_dir(trainer)
         directory.mkdir(parents=True, exist_ok=True)
         self.path = fresh_path(directory / self.filename)
@@ -105,7 +107,7 @@ class TestMetricsWriter(Callback):
     def _num_samples(trainer: Trainer) -> int | None:
         loaders = trainer.test_dataloaders
         loader = loaders[0] if isinstance(loaders, Sequence) else loaders
-        return len(loader.dataset) if loader is not None and hasattr(loader.dataset, "__len__") else None
+        return len(loader.dataset) if loader is not None and isinstance(loader.dataset, Sized) else None
 
 
 def nearest_parts(points: np.ndarray, sampled: np.ndarray, parts: np.ndarray) -> np.ndarray:
@@ -136,15 +138,15 @@ class PredictionWriter(BasePredictionWriter):
         self.path: Path | None = None
 
     def write_on_epoch_end(
-        self, trainer: Trainer, pl_module: LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
+        self, trainer: Trainer, pl_module: PointTask, predictions: Sequence[Any], batch_indices: Sequence[Any]
     ) -> None:
         loader = trainer.predict_dataloaders
         dataset = (loader[0] if isinstance(loader, Sequence) else loader).dataset
-        names = getattr(dataset, "names", None)
+        names = dataset.names if isinstance(dataset, PointFilesDataset) else None  # else: the test split
         directory = run_dir(trainer)
         rank = f"-rank{trainer.global_rank}" if trainer.world_size > 1 else ""
         out = fresh_path(directory / f"{Path(self.filename).stem}{rank}{Path(self.filename).suffix}")
-        class_names = getattr(pl_module, "class_names", None)
+        class_names = pl_module.names
         rows = []
         for batch in predictions:
             for i, index in enumerate(batch["index"].tolist()):
@@ -222,13 +224,12 @@ class WandbPanels(Callback):
         trainer.logger.experiment.log({**panels, "trainer/global_step": trainer.global_step})
 
     @rank_zero_only
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_test_end(self, trainer: Trainer, pl_module: PointTask) -> None:
         if not isinstance(trainer.logger, WandbLogger):
             return
         import wandb
 
-        results = getattr(pl_module, "test_results", {})
-        names = getattr(pl_module, "class_names", None) or getattr(pl_module, "category_names", [])
+        results, names = pl_module.test_results, pl_module.names
         per_name = results.get("acc_per_class", results.get("miou_per_category"))
         log: dict[str, Any] = {}
         if per_name is not None:

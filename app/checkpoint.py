@@ -10,12 +10,14 @@ from __future__ import annotations
 import importlib
 import pickle
 import zipfile
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningModule
+
+from datamodules.base import PointCloudDataModule
 
 TASK_PREFIX = "app.tasks."
 DATA_PREFIX = "datamodules."
@@ -74,7 +76,7 @@ def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -
     return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
 
 
-def load_datamodule(ckpt_path: str | Path) -> LightningDataModule:
+def load_datamodule(ckpt_path: str | Path) -> PointCloudDataModule:
     """The data module the checkpoint was trained with, rebuilt from the data settings stored in it."""
     path = Path(ckpt_path)
     hparams = read_checkpoint(path).get("datamodule_hyper_parameters")
@@ -84,7 +86,7 @@ def load_datamodule(ckpt_path: str | Path) -> LightningDataModule:
     return cls.load_from_checkpoint(path, weights_only=True)
 
 
-def check_fits(ckpt_path: str | Path, task: LightningModule, datamodule: LightningDataModule | None = None) -> None:
+def check_fits(ckpt_path: str | Path, task: LightningModule, datamodule: PointCloudDataModule | None = None) -> None:
     """Raise a one-line :class:`CheckpointError` when the checkpoint does not fit the task/data a config built.
 
     Compares the task class, class/part/category counts and names, the backbone's settings and, with a
@@ -109,10 +111,11 @@ def check_fits(ckpt_path: str | Path, task: LightningModule, datamodule: Lightni
         check_data_settings(path, ckpt.get("datamodule_hyper_parameters") or {}, datamodule)
 
 
-def check_data_settings(path: str | Path, saved: dict[str, Any], datamodule: LightningDataModule) -> None:
-    """Raise when ``datamodule`` disagrees with the checkpoint's data settings (:data:`DATA_SETTINGS`)."""
+def check_data_settings(path: str | Path, saved: dict[str, Any], datamodule: PointCloudDataModule) -> None:
+    """Raise when ``datamodule`` disagrees with the checkpoint's data settings (:data:`DATA_SETTINGS`, attributes
+    every ``PointCloudDataModule`` declares)."""
     diff = _differences({k: saved[k] for k in DATA_SETTINGS if k in saved},
-                        {k: getattr(datamodule, k) for k in DATA_SETTINGS if k in saved and hasattr(datamodule, k)})  # fmt: skip
+                        {k: getattr(datamodule, k) for k in DATA_SETTINGS if k in saved})  # fmt: skip
     if diff:
         raise CheckpointError(path, f"trained on other data settings than the config's: {diff}")
 

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from app.metrics import ClassificationMetrics, PartSegmentationMetrics, SampleMean
+from datamodules.base import PointCloudDataModule
+from datamodules.seeding import derived_seed
 from models.backbone import BackboneOutput, CentroidBackbone
 from models.heads import ClassificationHead, SegmentationHead
 
@@ -87,13 +89,24 @@ def checkpoint_kind(ckpt_path: str | None, checkpoint: dict[str, Any] | None) ->
     return "other"
 
 
-class _PointTask(LightningModule):
+class PointTask(LightningModule):
     """What both tasks share: input features, optimiser + warm-up/cosine schedule, logging, and ``compile``
-    (``--model.init_args.compile true``: the backbone runs under ``torch.compile``, see :meth:`configure_model`)."""
+    (``--model.init_args.compile true``: the backbone runs under ``torch.compile``, see :meth:`configure_model`).
+
+    What callbacks and pictures read (declared here, so no caller probes a task for them):
+
+    Attributes:
+        names: the names of the test's per-row results: class names (classification) or category names
+            (segmentation).
+        test_results: the last test's metrics, per-class/per-category tensors included (``{}`` before a test).
+        test_checkpoint: which weights the last test used (``path``, ``kind``, ``epoch``); ``None`` before a test.
+    """
 
     backbone: CentroidBackbone
     eval_metrics: nn.ModuleDict
+    names: list[str]
     test_results: dict[str, Tensor]
+    test_checkpoint: dict[str, Any] | None
 
     def __init__(self, optimizer: OptimizerCallable, warmup_epochs: int, min_lr_ratio: float, compile: bool) -> None:
         super().__init__()
@@ -102,7 +115,8 @@ class _PointTask(LightningModule):
         self.optimizer = optimizer
         self.warmup_epochs = warmup_epochs
         self.min_lr_ratio = min_lr_ratio
-        self.test_checkpoint: dict[str, Any] | None = None  # set at test start: which weights were tested
+        self.test_checkpoint = None  # set at test start
+        self.test_results = {}  # set at test end
         self._loaded_checkpoint: dict[str, Any] | None = None
         # val/test loss: the mean of per-sample losses with DistributedSampler's padded duplicates counted once
         self.eval_loss = nn.ModuleDict({s: SampleMean() for s in EVAL_SPLITS})
@@ -165,14 +179,23 @@ class _PointTask(LightningModule):
         self._step(batch, "test")
 
     def on_fit_start(self) -> None:
-        """``sampling: prefix`` is a contract that clouds arrive in farthest-point order: refuse to train on a data
-        module that does not order its augmented training clouds (docs/batch.md §5)."""
+        """Checks the data module's contract, and pairs the dropout stream with its ``data_seed``.
+
+        ``sampling: prefix`` is a contract that clouds arrive in farthest-point order: refuse to train on a data
+        module that does not order its augmented training clouds (docs/batch.md §5). With a ``data_seed``, the
+        global RNG, which the model's construction consumed in its own way, is re-seeded from ``(data_seed,
+        global rank)`` (docs/reporting.md, "Paired seeds"); a resumed fit keeps the checkpoint's RNG state.
+        """
         data = self.trainer.datamodule
-        if self.backbone.stages[0].sampling == "prefix" and data is not None and not getattr(data, "fps_order", True):
+        if not isinstance(data, PointCloudDataModule):
+            return
+        if self.backbone.stages[0].sampling == "prefix" and not data.fps_order:
             raise ValueError(
                 "the backbone's sampling: prefix takes the first M points as seeds, but the data module does not put "
                 "training clouds in FPS order: use sampling: fps (the default) or set data fps_order: true"
             )
+        if data.data_seed is not None and self.trainer.ckpt_path is None:
+            torch.manual_seed(derived_seed(data.data_seed, self.global_rank))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The tested file's own ModelCheckpoint states, for on_test_start: the test trainer's callbacks may differ.
@@ -226,7 +249,7 @@ class _PointTask(LightningModule):
                 self.log(f"{split}/{name}", value, prog_bar=name in ("acc", "miou_instance"))
 
 
-class ClassificationTask(_PointTask):
+class ClassificationTask(PointTask):
     """Shape classification: backbone → max+mean pool → MLP, cross-entropy with label smoothing.
 
     Metrics (``val/``, ``test/``): ``acc`` (overall accuracy) and ``macc`` (mean class accuracy), both of
@@ -265,11 +288,11 @@ class ClassificationTask(_PointTask):
         self.head = ClassificationHead(backbone.out_channels, num_classes, hidden=head_hidden, dropout=dropout)
         self.num_classes = num_classes
         self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.names = self.class_names
         self.label_smoothing = label_smoothing
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.eval_metrics = nn.ModuleDict({s: ClassificationMetrics(num_classes) for s in EVAL_SPLITS})
         self.vote_metrics = ClassificationMetrics(num_classes)
-        self.test_results: dict[str, Tensor] = {}
 
     def forward(self, pos: Tensor, x: Tensor | None = None) -> Tensor:
         """Logits ``[B, num_classes]`` of clouds ``pos [B, N, 3]`` (normals ``x [B, N, 3]``)."""
@@ -320,7 +343,7 @@ class ClassificationTask(_PointTask):
         return {"index": batch["index"], "probs": probs, "pred": probs.argmax(-1)}
 
 
-class SegmentationTask(_PointTask):
+class SegmentationTask(PointTask):
     """Part segmentation: backbone → feature propagation to every point → per-point part logits.
 
     **choice**: logits of parts outside the shape's category are masked to −inf for both the loss
@@ -354,9 +377,9 @@ class SegmentationTask(_PointTask):
         )
         self.register_buffer("part_mask", mask, persistent=False)
         self.category_names = category_names or [str(i) for i in range(num_categories)]
+        self.names = self.category_names
         self.label_smoothing = label_smoothing
         self.eval_metrics = nn.ModuleDict({s: PartSegmentationMetrics(mask) for s in EVAL_SPLITS})
-        self.test_results: dict[str, Tensor] = {}
 
     def head_logits(self, out: BackboneOutput, batch: dict[str, Tensor]) -> Tensor:
         """Per-point part logits ``[B, N, P]`` with other categories' parts set to −inf."""

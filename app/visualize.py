@@ -29,6 +29,7 @@ from app.checkpoint import check_data_settings, load_datamodule, load_task, read
 from app.cli import build_from_config
 from app.errors import run_with_one_line_errors
 from app.paths import fresh_path
+from app.tasks import SegmentationTask
 from datamodules.files import load_file_sample
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -113,7 +114,7 @@ def draw(argv: list[str]) -> dict[str, list[Path]]:
     if args.file is not None:
         category = None
         if args.category is not None:
-            names = list(getattr(task, "category_names", []))
+            names = task.category_names if isinstance(task, SegmentationTask) else []
             if args.category not in names:
                 raise ValueError(f"--category {args.category!r} is not one of {names}")
             category = names.index(args.category)

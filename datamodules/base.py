@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -12,22 +14,45 @@ from datamodules.cache import cached
 from datamodules.dataset import PointCloudDataset
 from datamodules.errors import DataFormatError
 from datamodules.files import PointFilesDataset
-from datamodules.synthetic import generate
+from datamodules.modelnet_formats import MissingPolicy
 from datamodules.preprocess import build_fixed
+from datamodules.sampling import Sampling
+from datamodules.seeding import PerSampleSeeded, SeededShuffle
+from datamodules.synthetic import GeneratorConfig, generate
 from datamodules.transforms import Augment, Chain, FPSOrder
 
 
-class PointCloudDataModule(LightningDataModule):
+class PointCloudDataModule(LightningDataModule, ABC):
     """Holds train/val/test ``PointCloudDataset`` s and turns them into loaders (predict = test).
 
     Subclasses name their data set family and generator kind, the splits their caches hold and what a
-    data folder contains, and implement ``_resolved_format``, ``_download`` and ``_arrays``.
+    data folder contains, set the data settings declared below in ``__init__``, and implement
+    ``_resolved_format``, ``_download`` and ``_arrays``.
+
+    ``data_seed`` (``None``: off) pairs runs across models (docs/reporting.md, "Paired seeds"): the training
+    order comes from ``(data_seed, epoch)`` and each sample's augmentation from ``(data_seed, epoch, sample
+    index)`` (datamodules/seeding.py), not from the global RNG that building a model consumes; the task
+    re-seeds the global RNG (dropout) from ``(data_seed, rank)`` when a fit starts. Without it, shuffling and
+    augmentation draw from the global RNG (``seed_everything``).
     """
 
     family: str  # shown in messages, e.g. "ModelNet"
     kind: str  # the generator's data set kind
     splits: tuple[str, ...]  # the splits prepare_data caches
     expected_files: str  # what a data folder holds, for the "no data" message
+    #: Appended to the "split has no files" error.
+    empty_split_hint = ""
+
+    # Data settings, set by each subclass's __init__ from its arguments (see their docstrings).
+    format: str  # the on-disk layout, "auto" or "generated"
+    num_points: int
+    use_normals: bool
+    in_channels: int  # 3 with normals, else 0
+    sampling: Sampling
+    seed: int
+    missing_files: MissingPolicy
+    download: bool
+    generator: GeneratorConfig
 
     def __init__(
         self,
@@ -38,9 +63,10 @@ class PointCloudDataModule(LightningDataModule):
         cache_dir: str | None,
         predict_files: list[str] | None = None,
         fps_order: bool = False,
+        data_seed: int | None = None,
     ) -> None:
         super().__init__()
-        self.predict_files, self.fps_order = predict_files, fps_order
+        self.predict_files, self.fps_order, self.data_seed = predict_files, fps_order, data_seed
         self.root = Path(root)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = augment
@@ -54,14 +80,17 @@ class PointCloudDataModule(LightningDataModule):
 
     __str__ = __repr__
 
+    @abstractmethod
     def _resolved_format(self) -> str | None:
-        raise NotImplementedError
+        """The on-disk format found in (or chosen for) ``root``; ``None`` when it holds no data yet."""
 
+    @abstractmethod
     def _download(self) -> None:
-        raise NotImplementedError
+        """Fetch the data set into ``root``."""
 
+    @abstractmethod
     def _arrays(self, split: str) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """The split's arrays of the batch contract (``pos``, ``normal``, ``label`` or ``part`` + ``category``)."""
 
     def prepare_data(self) -> None:
         """Generate or download the data if needed, then build the caches (once, on rank 0 under DDP)."""
@@ -109,16 +138,14 @@ class PointCloudDataModule(LightningDataModule):
             lambda: build_fixed(source.clouds(split), self.num_points, self.sampling, self.seed),
         )  # fmt: skip
 
-    #: Appended to the "split has no files" error.
-    empty_split_hint = ""
-
     def _dataset(self, arrays: dict[str, np.ndarray], indices: np.ndarray | None, train: bool) -> PointCloudDataset:
         """Training samples are augmented (then, with ``fps_order``, put back in FPS order); the others come
         from the cache in FPS order (docs/batch.md §5)."""
         if not train or self.augment is None:
-            augment = None
-        else:
-            augment = Chain((self.augment, FPSOrder())) if self.fps_order else self.augment
+            return PointCloudDataset(arrays, indices, self.use_normals, None)
+        augment = Chain((self.augment, FPSOrder())) if self.fps_order else self.augment
+        if self.data_seed is not None:
+            augment = PerSampleSeeded(augment, self.data_seed)
         return PointCloudDataset(arrays, indices, self.use_normals, augment)
 
     def _loader(self, split: str) -> DataLoader:
@@ -128,17 +155,32 @@ class PointCloudDataModule(LightningDataModule):
         if len(ds) == 0:
             raise ValueError(f"the {split} split of {self.root} is empty")
         train = split == "train"
+        paired = train and self.data_seed is not None
         return DataLoader(
             ds,
             batch_size=self.batch_size,
-            shuffle=train,
+            shuffle=train and not paired,
+            sampler=self._seeded_sampler(ds) if paired else None,
             drop_last=train and len(ds) > self.batch_size,  # no last batch of 1 (BatchNorm)
             num_workers=self.num_workers,
-            # Shuffling and the workers' augmentation seeds come from the global torch RNG (seeded by
-            # seed_everything and restored from checkpoints), with workers re-created every epoch:
-            # a resumed run then continues exactly like an uninterrupted one.
+            # Without data_seed, shuffling and the workers' augmentation seeds come from the global torch RNG
+            # (seeded by seed_everything and restored from checkpoints), with workers re-created every epoch:
+            # a resumed run then continues exactly like an uninterrupted one. With it, the loader's own
+            # generator draws the workers' base seed, leaving the global RNG to the model (dropout).
+            generator=torch.Generator().manual_seed(self.data_seed) if paired else None,
             persistent_workers=False,
         )
+
+    def _seeded_sampler(self, ds: PointCloudDataset) -> SeededShuffle:
+        """The ``data_seed`` order of the training split: this rank's shard, starting at the trainer's epoch.
+
+        Lightning keeps a ``DistributedSampler`` under DDP and calls its ``set_epoch`` before every epoch but the
+        first one it iterates (a fresh or a resumed run's), which it iterates before: hence ``epoch`` here.
+        """
+        t = self.trainer
+        world, rank, epoch = (1, 0, 0) if t is None else (t.world_size, t.global_rank, t.current_epoch)
+        augment = ds.transform if isinstance(ds.transform, PerSampleSeeded) else None
+        return SeededShuffle(ds, self.data_seed, world, rank, epoch, augment)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

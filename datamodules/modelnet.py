@@ -45,7 +45,7 @@ class ModelNetDataModule(PointCloudDataModule):
         sampling: how clouds are reduced to N points, once, at cache-build time.
         augment: training augmentations (``None``: none).
         val_split: ``"test"`` or the fraction of train held out for validation.
-        seed: seeds sampling, hold-out and the train shuffling.
+        seed: seeds sampling and hold-out (the train shuffling: the global RNG or ``data_seed``).
         missing_files: ``"error"`` (default) or ``"skip"`` (with a warning) for files a split list names but lacks.
         mesh_points: points sampled from each raw ``.off`` mesh before resampling to N.
         cache_dir: where preprocessed splits are cached (default ``<root>/.cache``).
@@ -54,6 +54,10 @@ class ModelNetDataModule(PointCloudDataModule):
         fps_order: put every augmented training cloud back in farthest-point order in the loader (about 2 ms per
             1024 points on one core), for a backbone with ``sampling: prefix``; off by default, since the model
             samples for itself (docs/batch.md §5).
+        data_seed: pairs runs across models (docs/reporting.md, "Paired seeds"): the training order comes from
+            ``(data_seed, epoch)``, each sample's augmentation from ``(data_seed, epoch, sample index)`` and the
+            dropout stream from ``(data_seed, rank)``, so one ``data_seed`` gives every model the same batches
+            while ``seed_everything`` seeds the initialisation alone; ``None`` (default): all from the global RNG.
     """
 
     family = "ModelNet"
@@ -82,8 +86,9 @@ class ModelNetDataModule(PointCloudDataModule):
         generator: GeneratorConfig = GeneratorConfig(),
         predict_files: list[str] | None = None,
         fps_order: bool = False,
+        data_seed: int | None = None,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, augment, cache_dir, predict_files, fps_order)
+        super().__init__(root, batch_size, num_workers, augment, cache_dir, predict_files, fps_order, data_seed)
         self.save_hyperparameters()
         self.format, self.name, self.num_points = format, name, num_points
         self.use_normals, self.sampling, self.download = use_normals, sampling, download

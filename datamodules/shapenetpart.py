@@ -33,7 +33,7 @@ class ShapeNetPartDataModule(PointCloudDataModule):
         format: ``txt``, ``hdf5``, ``generated`` or ``auto`` (detected from ``root``).
         categories: category names to use (``None``: all); ids stay global.
         num_points, use_normals, sampling, batch_size, num_workers, download, augment, seed, missing_files,
-        cache_dir, generator, predict_files, fps_order: as in ``ModelNetDataModule``.
+        cache_dir, generator, predict_files, fps_order, data_seed: as in ``ModelNetDataModule``.
         predict_category: the object category (name) of the ``predict_files``.
 
     Attributes (available right after ``__init__``): ``num_parts``, ``num_categories``, ``category_names``,
@@ -66,8 +66,9 @@ class ShapeNetPartDataModule(PointCloudDataModule):
         predict_files: list[str] | None = None,
         predict_category: str | None = None,
         fps_order: bool = False,
+        data_seed: int | None = None,
     ) -> None:
-        super().__init__(root, batch_size, num_workers, augment, cache_dir, predict_files, fps_order)
+        super().__init__(root, batch_size, num_workers, augment, cache_dir, predict_files, fps_order, data_seed)
         self.save_hyperparameters()
         self.format, self.num_points, self.use_normals = format, num_points, use_normals
         self.sampling, self.download, self.seed = sampling, download, seed

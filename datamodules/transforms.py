@@ -1,7 +1,8 @@
 """Point transforms: unit-sphere normalisation and the standard training augmentations.
 
-All operate on one sample (``pos [N, 3]``, optional ``normal [N, 3]``, optional per-point ``part [N]``) with
-torch's global RNG, which Lightning's ``seed_everything`` and the DataLoader's per-worker seeding make reproducible.
+All operate on one sample (``pos [N, 3]``, optional ``normal [N, 3]``, optional per-point ``part [N]``) and draw
+from ``generator`` when given (a data module's ``data_seed``: datamodules/seeding.py), else from torch's global
+RNG, which Lightning's ``seed_everything`` and the DataLoader's per-worker seeding make reproducible.
 """
 
 from __future__ import annotations
@@ -49,37 +50,40 @@ class Augment:
     dropout_max: float = 0.875
     shuffle: bool = True
 
-    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Augment one sample's ``pos``/``normal``/``part`` (a new dict; the input is not modified)."""
+    def __call__(self, sample: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Augment one sample's ``pos``/``normal``/``part`` (a new dict; the input is not modified), drawing from
+        ``generator`` (``None``: the global RNG)."""
+        g = generator
         s = dict(sample)
         pos, normal = s["pos"], s.get("normal")
         n = pos.shape[0]
         per_point = [k for k in PER_POINT_KEYS if k in s]
         if self.shuffle:
-            perm = torch.randperm(n)
+            perm = torch.randperm(n, generator=g)
             for k in per_point:
                 s[k] = s[k][perm]
         if self.dropout_max > 0:
-            drop = torch.rand(n) < torch.rand(()) * self.dropout_max
+            drop = torch.rand(n, generator=g) < torch.rand((), generator=g) * self.dropout_max
             for k in per_point:
                 s[k] = torch.where(drop.view(-1, *[1] * (s[k].dim() - 1)), s[k][:1], s[k])
         pos, normal = s["pos"], s.get("normal")
         if self.rotate_up:
-            t = torch.rand(()) * 2 * math.pi
+            t = torch.rand((), generator=g) * 2 * math.pi
             c, si = torch.cos(t).item(), torch.sin(t).item()
             rot = torch.tensor([[c, 0.0, si], [0.0, 1.0, 0.0], [-si, 0.0, c]])
             pos = pos @ rot.T
             normal = None if normal is None else normal @ rot.T
         if self.scale is not None:
             lo, hi = self.scale
-            factor = lo + torch.rand(3) * (hi - lo)
+            factor = lo + torch.rand(3, generator=g) * (hi - lo)
             pos = pos * factor
             if normal is not None:  # normals transform with the inverse transpose
                 normal = torch.nn.functional.normalize(normal / factor, dim=-1)
         if self.translate > 0:
-            pos = pos + (torch.rand(3) * 2 - 1) * self.translate
+            pos = pos + (torch.rand(3, generator=g) * 2 - 1) * self.translate
         if self.jitter_sigma > 0:
-            pos = pos + (torch.randn_like(pos) * self.jitter_sigma).clamp(-self.jitter_clip, self.jitter_clip)
+            noise = torch.randn(pos.shape, dtype=pos.dtype, generator=g) * self.jitter_sigma
+            pos = pos + noise.clamp(-self.jitter_clip, self.jitter_clip)
         s["pos"] = pos
         if normal is not None:
             s["normal"] = normal
@@ -97,19 +101,19 @@ class FPSOrder:
 
     points: int | None = None
 
-    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Reorder ``pos`` and the other per-point keys (``PER_POINT_KEYS``) alike (a new dict)."""
+    def __call__(self, sample: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Reorder ``pos`` and the other per-point keys (``PER_POINT_KEYS``) alike (a new dict; draws nothing)."""
         order = torch.from_numpy(fps_order(sample["pos"].numpy(), self.points))
         return {k: v[order] if k in PER_POINT_KEYS else v for k, v in sample.items()}
 
 
 @dataclass
 class Chain:
-    """Apply ``transforms`` in turn (picklable, for loader workers)."""
+    """Apply ``transforms`` in turn, each drawing from the one ``generator`` (picklable, for loader workers)."""
 
     transforms: tuple
 
-    def __call__(self, sample: dict[str, Tensor]) -> dict[str, Tensor]:
+    def __call__(self, sample: dict[str, Tensor], generator: torch.Generator | None = None) -> dict[str, Tensor]:
         for t in self.transforms:
-            sample = t(sample)
+            sample = t(sample, generator)
         return sample

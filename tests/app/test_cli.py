@@ -143,10 +143,50 @@ def _fit(args: list[str], ckpt_path: str | None = None, *extra: Callback) -> Lig
     return cli.model
 
 
+class _Batches(Callback):
+    """Records the global RNG state that training (dropout) starts from, and every training batch (after
+    augmentation) on the CPU."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, torch.Tensor]] = []
+        self.rng: torch.Tensor | None = None
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.rng = torch.get_rng_state()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.batches.append({k: v.detach().cpu().clone() for k, v in batch.items()})
+
+
+def _paired_batches(args: list[str], width: str, data_seed: int) -> _Batches:
+    seen = _Batches()
+    _fit([*args, "--model.init_args.backbone.init_args.widths", width, "--data.init_args.data_seed", str(data_seed)],
+         None, seen)  # fmt: skip
+    return seen
+
+
+def test_data_seed_gives_different_models_the_same_batches(in_tmp: Path, gen_cls_root: Path) -> None:
+    """Paired seeds (docs/reporting.md): two backbone widths, one ``seed_everything`` and one ``data_seed``: the same
+    training batches (positions after augmentation, labels, order) and dropout stream; another ``data_seed``:
+    another order."""
+    args = ["--config", DEMO, *tiny_args(gen_cls_root, epochs=1), "--trainer.limit_train_batches", "2",
+            "--trainer.limit_val_batches", "0", "--seed_everything", "1"]  # fmt: skip
+    narrow, wide = _paired_batches(args, "[16, 32]", 4), _paired_batches(args, "[48, 96]", 4)
+    assert len(narrow.batches) == len(wide.batches) == 2
+    for a, b in zip(narrow.batches, wide.batches):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(narrow.rng, wide.rng)
+    other = _paired_batches(args, "[16, 32]", 5)
+    assert not torch.equal(narrow.batches[0]["index"], other.batches[0]["index"])
+
+
+@pytest.mark.parametrize("data_seed", [None, 3])
 def test_resume_after_crash_continues_identically(
-    tmp_path: Path, gen_cls_root: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, gen_cls_root: Path, monkeypatch: pytest.MonkeyPatch, data_seed: int | None
 ) -> None:
     args = ["--config", DEMO, *tiny_args(gen_cls_root, epochs=3)]
+    if data_seed is not None:
+        args += ["--data.init_args.data_seed", str(data_seed)]
     (tmp_path / "a").mkdir()
     monkeypatch.chdir(tmp_path / "a")
     straight = _fit(args)

@@ -81,6 +81,16 @@ def test_one_logits_path_segmentation() -> None:
     assert torch.equal(pred["part"], logits.argmax(-1))
 
 
+def test_tasks_declare_what_callers_read() -> None:
+    """``names``, ``test_results`` and ``test_checkpoint`` exist from construction on, for either task."""
+    cls = ClassificationTask(_backbone(), num_classes=3, class_names=["a", "b", "c"])
+    seg = SegmentationTask(_backbone(), num_parts=5, num_categories=2, part_mask=PART_MASK)
+    assert cls.names == cls.class_names == ["a", "b", "c"]
+    assert seg.names == seg.category_names == ["0", "1"]
+    for task in (cls, seg):
+        assert task.test_results == {} and task.test_checkpoint is None
+
+
 def test_vote_views_depend_only_on_seed_and_index() -> None:
     scale, shift = vote_transforms(torch.tensor([5, 2]), views=3, seed=1)
     assert scale.shape == shift.shape == (3, 2, 3) and scale.dtype == torch.float32
