@@ -1,7 +1,7 @@
 """Measurement of one benchmark cell, run in its own subprocess (``python -m benchmarks.harness '<json>'``).
 
 A cell is one model (or one neighbour-search op) at one N. Running each cell in a fresh process makes its
-peak memory honest and isolates failures: the parent (``app.benchmark``) caps the child's address space
+peak memory honest and isolates failures: the parent (``benchmarks.runner``) caps the child's address space
 (an out-of-memory cell fails with an error instead of taking the machine down) and its wall time, and
 records a skip with the reason.
 
@@ -12,7 +12,7 @@ What is measured:
 - ``peak_mib``: CPU — the increase of the process's peak resident set size (``ru_maxrss``) over the
   resident size just before the first step: everything the forward + backward allocated (activations,
   gradients, workspaces, allocator slack) at its high-water mark. CUDA — ``torch.cuda.max_memory_allocated``
-  over what was allocated before the first step (exact; cells then run in one process, see app.benchmark).
+  over what was allocated before the first step (exact; cells then run in one process, see benchmarks.runner).
 - ``tensor_peak_mib``: the peak of live tensor bytes during one fwd+bwd step over those live at its start,
   without the allocator's slack: CUDA — ``peak_mib``; CPU — summed from the allocator's events that
   ``torch.profiler`` records (``profile_memory``) in one more, profiled step (:func:`tensor_peak_mib`). The
@@ -54,11 +54,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
 from benchmarks.fit_timer import busy_seconds
+from datamodules.sampling import fps_order
+from datamodules.transforms import FPSOrder
 from models.backbone import CentroidBackbone
 from models.centroid_attention import pair_flop_counter
 from models.flops import count_parameters
-from datamodules.sampling import fps_order
-from datamodules.transforms import FPSOrder
 from models.heads import ClassificationHead
 from models.ops import farthest_point_sample, knn
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.benchmark import CANDIDATES, VARIANTS, Config, main, speed_verdict, targets
+from benchmarks.__main__ import main
+from benchmarks.config import Config
+from benchmarks.experiments import CANDIDATES, VARIANTS
 from benchmarks.harness import MODELS, build_classifier, loglog_slope, num_centroids, tensor_peak_mib
+from benchmarks.verdicts import speed_verdict, targets
 
 
 def _tables(text: str) -> list[list[str]]:
@@ -155,7 +158,7 @@ def test_full_attention_has_the_centroid_blocks_layer_scale() -> None:
 
 
 def test_a_train_run_for_some_candidates_keeps_the_rows_measured_the_same_way(tmp_path: Path, monkeypatch) -> None:
-    import app.benchmark as bench
+    import benchmarks.runner as bench
 
     def fake(cfg: bench.Config) -> dict:
         return {label: [{"test_acc": 0.5 + 0.1 * i, "train_s": 1.0, "curve": [1.0]}] for i, label in enumerate(cfg.candidates)}
@@ -194,7 +197,8 @@ def test_full_attention_probe_runs_and_sees_near_uniform_attention_at_init() -> 
 
 
 def test_training_targets_compare_the_default_centroid_row_with_pointnet2() -> None:
-    from app.benchmark import DEFAULT_CENTROID, train_targets
+    from benchmarks.experiments import DEFAULT_CENTROID
+    from benchmarks.verdicts import train_targets
 
     def runs(*accs: float) -> list[dict]:
         return [{"test_acc": a} for a in accs]
@@ -206,7 +210,7 @@ def test_training_targets_compare_the_default_centroid_row_with_pointnet2() -> N
 
 
 def test_compiled_cells_are_kept_as_a_variant_beside_the_eager_ones(monkeypatch) -> None:
-    import app.benchmark as bench
+    import benchmarks.runner as bench
 
     monkeypatch.setattr(bench, "sweep", lambda names, *a, **k: {n: {128: {"train_ms": 1.0}} for n in names})
     cfg = bench.Config(sizes=[128], local_sizes=[], models=["centroid_local", "pointnet2"], compile=True)
@@ -216,7 +220,7 @@ def test_compiled_cells_are_kept_as_a_variant_beside_the_eager_ones(monkeypatch)
 
 def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_failure(monkeypatch) -> None:
     """Size-major order (the cells a ratio compares run back to back); a model stops at its first failure."""
-    import app.benchmark as bench
+    import benchmarks.runner as bench
 
     calls = []
 
