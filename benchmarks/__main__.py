@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant-sizes", type=int, nargs="*", default=d.variant_sizes)
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=d.models)
     p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--repeats", type=int, default=d.repeats)
+    p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per cell at most (within --cell-budget)")
+    p.add_argument("--min-repeats", type=int, default=d.min_repeats, help="timed runs per cell at least")
     p.add_argument("--cell-budget", type=float, default=d.cell_budget_s, help="seconds of timed repeats per cell")
     p.add_argument("--cell-timeout", type=float, default=d.cell_timeout_s, help="hard seconds limit per cell")
     p.add_argument("--mem-gib", type=float, default=d.mem_gib, help="address-space cap per cell (CPU)")
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = quick_config(str(a.output.parent / "benchmark_data"))
         cfg.threads, cfg.device = a.threads, a.device
     else:
-        cfg = Config(a.sizes, a.local_sizes, a.variant_sizes, a.models, a.batch, a.repeats, a.cell_budget,
-                     a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, a.candidates, a.seeds,
+        cfg = Config(a.sizes, a.local_sizes, a.variant_sizes, a.models, a.batch, a.repeats, a.min_repeats,
+                     a.cell_budget, a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, a.candidates, a.seeds,
                      jobs=a.jobs, train_epochs=a.train_epochs, test_per_class=a.test_per_class, data_root=a.data_root,
                      torch_cluster_python=a.torch_cluster_python, fit_epochs=a.fit_epochs,
                      fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers)  # fmt: skip

@@ -22,7 +22,8 @@ class Config:
     variant_sizes: list[int] = field(default_factory=lambda: [1024, 4096])
     models: list[str] = field(default_factory=lambda: list(MODELS))
     batch: int = 4
-    repeats: int = 3
+    repeats: int = 10  # timed runs at most (fewer when they would not fit the cell budget)
+    min_repeats: int = 5  # timed runs at least: every number a ratio or a verdict uses has a spread
     cell_budget_s: float = 20.0  # timed repeats fit into about this
     cell_timeout_s: float = 240.0  # hard limit of one cell's subprocess
     mem_gib: float = 12.0  # address-space cap of one cell's subprocess
@@ -48,6 +49,6 @@ class Config:
 
 def quick_config(data_root: str) -> Config:
     """Tiny sizes for tests: runs end to end in well under a minute."""
-    return Config(sizes=[128], local_sizes=[256], variant_sizes=[128], batch=2, repeats=1, cell_budget_s=1.0,
+    return Config(sizes=[128], local_sizes=[256], variant_sizes=[128], batch=2, repeats=1, min_repeats=1, cell_budget_s=1.0,
                   cell_timeout_s=60.0, candidates=list(CANDIDATES)[:3], seeds=2, train_epochs=1, train_points=64,
                   train_per_class=1, test_per_class=1, data_root=data_root, isolate=False)  # fmt: skip

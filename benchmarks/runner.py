@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.config import Config
 from benchmarks.experiments import CANDIDATES, COMPILED, REFERENCE, VARIANTS
-from benchmarks.harness import OPS, RATIOS, CellSpec, error_text, loglog_slope, run_cell
+from benchmarks.harness import OPS, RATIOS, WIDTHS, CellSpec, error_text, loglog_slope, run_cell
 from benchmarks.training import TrainSpec, prepare_training_data, train_and_test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,8 @@ def _predicted_s(done: list[tuple[int, float]], n: int) -> float | None:
 
 
 def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: str, python: str | None = None,
-          ratios: list[int] = list(RATIOS), steps: int = 2, options: dict | None = None) -> dict:  # noqa: B006 -- never mutated
+          ratios: list[int] = list(RATIOS), steps: int = 2, options: dict | None = None,
+          widths: list[int] = list(WIDTHS)) -> dict:  # noqa: B006 -- never mutated
     """Cells of ``names`` over their sizes, ascending; sizes past a failure or the time limit are skipped.
 
     Size-major: every model's cell at one N runs before any cell at the next N, so the cells a ratio compares
@@ -92,13 +93,15 @@ def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: st
             if stop[name]:
                 results[name][n] = {"error": stop[name]}
                 continue
-            # a cell takes about: warm-up step + timed budget + inference warm-up + FLOPs forward
-            if guess is not None and 3 * guess + cfg.cell_budget_s > cfg.cell_timeout_s:
+            # a cell takes about: warm-up + timed steps, one profiled step, inference (~⅓ a step each), FLOPs forward
+            runs = 1 + max(cfg.min_repeats, 1)
+            if guess is not None and max(runs * guess * 4 / 3 + guess, 3 * guess + cfg.cell_budget_s) > cfg.cell_timeout_s:
                 stop[name] = f"skipped: predicted {guess:.0f} s per step from smaller N exceeds the {cfg.cell_timeout_s:.0f} s limit"
                 results[name][n] = {"error": stop[name]}
                 continue
             spec = CellSpec(name, n, cfg.batch, cfg.repeats, cfg.cell_budget_s, cfg.threads, cfg.device,
-                            compile=cfg.compile, ratios=ratios, steps=steps, options=options or {})  # fmt: skip
+                            compile=cfg.compile, ratios=ratios, steps=steps, options=options or {},
+                            widths=widths, min_repeats=cfg.min_repeats)  # fmt: skip
             print(f"[benchmark] {name} N={n} ratios={ratios} T={steps}", flush=True)
             res = {**run_child("benchmarks.harness", asdict(spec), cfg, python), **stamp}
             results[name][n] = res
@@ -119,12 +122,13 @@ def run_cost(cfg: Config) -> dict:
         return {"models": {}, "variants": {("" if m == REFERENCE else f"{m}@") + COMPILED: c for m, c in models.items()}}
     variants = {}
     if REFERENCE in cfg.models:
-        for label, (ratios, steps, options, large, baselines) in VARIANTS.items():
-            sizes = list(cfg.variant_sizes) + (list(cfg.local_sizes) if large else [])
-            variants[label] = sweep([REFERENCE], {REFERENCE: sizes}, cfg, "train_ms", ratios=ratios, steps=steps,
-                                    options=options)[REFERENCE]  # fmt: skip
-            others = [m for m in baselines if m in cfg.models]
-            done = sweep(others, {m: list(cfg.variant_sizes) for m in others}, cfg, "train_ms", ratios=ratios, steps=steps)
+        for label, v in VARIANTS.items():
+            sizes = list(cfg.variant_sizes) + (list(cfg.local_sizes) if v.large else [])
+            variants[label] = sweep([REFERENCE], {REFERENCE: sizes}, cfg, "train_ms", ratios=v.ratios, steps=v.steps,
+                                    options=v.options, widths=v.widths)[REFERENCE]  # fmt: skip
+            others = [m for m in v.baselines if m in cfg.models]
+            done = sweep(others, {m: list(cfg.variant_sizes) for m in others}, cfg, "train_ms", ratios=v.ratios,
+                         steps=v.steps)  # fmt: skip
             variants.update({f"{m}@{label}": cells for m, cells in done.items()})
     return {"models": models, "variants": variants}
 

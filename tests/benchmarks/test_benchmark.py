@@ -49,7 +49,7 @@ def test_quick_run_writes_well_formed_markdown(tmp_path: Path) -> None:
     measured = [row for row in cost[2:] if "| – |" not in row]
     assert measured and all(re.search(r"tensors \d+ MiB", row) for row in measured)  # CPU: the tensors' peak too
     variants = tables[1]
-    for variant, (*_, baselines) in VARIANTS.items():  # every variant, and its baselines at the same schedule
+    for variant, baselines in ((label, v.baselines) for label, v in VARIANTS.items()):  # every variant, and its baselines at the same schedule
         assert any(f"| Centroid (local), {variant} |" in row for row in variants), variant
         for model in baselines:
             assert any(f"| {MODELS[model][0]}, {variant} |" in row for row in variants), (model, variant)
@@ -139,7 +139,7 @@ def test_benchmark_models_share_the_contract(name: str) -> None:
     logits = model(pos)
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
     logits.sum().backward()
-    assert model.backbone.out_channels == 512
+    assert model.backbone.out_channels == (1024 if name == "pointnet2_ball" else 512)
 
 
 def test_loglog_slope_and_schedule() -> None:
@@ -178,7 +178,7 @@ def test_a_train_run_for_some_candidates_keeps_the_rows_measured_the_same_way(tm
 
 def test_pointnet2_norm_option() -> None:
     model = build_classifier("pointnet2", 64, num_classes=5, options={"norm": "batch"})
-    assert isinstance(model.backbone.convs[0].local_nn[1], torch.nn.BatchNorm1d)
+    assert isinstance(model.backbone.stages[0].conv.local_nn[1], torch.nn.BatchNorm1d)
     assert model(torch.rand(2, 64, 3)).shape == (2, 5)
     with pytest.raises(ValueError, match="norm='group'"):
         build_classifier("pointnet2", 64, num_classes=5, options={"norm": "group"})
