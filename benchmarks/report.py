@@ -9,7 +9,7 @@ from benchmarks.config import PARTS, Config
 from benchmarks.experiments import COMPILED, REFERENCE
 from benchmarks.fit import render_fit
 from benchmarks.harness import MODELS, OPS, loglog_slope
-from benchmarks.runner import machine
+from benchmarks.runner import drop_stale, machine
 from benchmarks.verdicts import targets, train_targets
 
 
@@ -37,7 +37,8 @@ def _cost_rows(label: str, cells: dict, ref: dict) -> list[str]:
         tensors = r.get("tensor_peak_mib")
         if r.get("kernel_frac") is None and tensors is not None:  # CPU: the tensors' peak beside the resident size
             busy.append(f"tensors {tensors:.0f} MiB ({_ratio(tensors, rr.get('tensor_peak_mib'))})")
-        note = "; ".join(busy + (r.get("notes") or []) + ([f"at {r['commit']}"] if r.get("commit") else []))
+        stamp = [", ".join(str(r[k]) for k in ("commit", "date") if r.get(k))] if r.get("commit") else []
+        note = "; ".join(busy + (r.get("notes") or []) + [f"at {s}" for s in stamp])
         spread = r.get("train_range_ms")
         train = _f(r["train_ms"]) + (f" ({spread[0]:.0f}–{spread[1]:.0f})" if spread and r["repeats"] > 1 else "")
         rows.append(
@@ -85,8 +86,10 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     cfg = configs.get("cost", cfg)
     label = {k: v[0] for k, v in MODELS.items()}
     cost = results.get("cost", {})
-    models = {name: _int_keys(cells) for name, cells in cost.get("models", {}).items()}
-    variants = {name: _int_keys(cells) for name, cells in cost.get("variants", {}).items() if cells}
+    models, dropped = drop_stale({name: _int_keys(cells) for name, cells in cost.get("models", {}).items()})
+    variants, dropped_v = drop_stale({name: _int_keys(cells) for name, cells in cost.get("variants", {}).items()
+                                      if cells}, variants=True)  # fmt: skip
+    variants = {name: cells for name, cells in variants.items() if cells}
     ops = {op: _int_keys(cells) for op, cells in results.get("ops", {}).items()}
     train = results.get("train", {})
     ref = models.get(REFERENCE, {})
@@ -98,12 +101,21 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
         f"**Machine**: {_machine_line(results, cfg)}. Threads used: {cfg.threads or 'torch default'}. "
         f"Device: `{cfg.device}`" + (" (bf16 autocast)." if gpu else "."), "",
         "All models: stem 64, stage widths 128/256/512, k = 16 neighbours, 4 heads, T = 2 shared-weight steps, the "
-        "project's classification head (40 classes), default schedule N/2 → N/4 → N/8 centroids (or seeds). Inputs "
+        "project's classification head (40 classes), default schedule N/2 → N/4 → N/8 centroids (or seeds). Full "
+        "self-attention: a pre-norm Transformer layer (one LayerNorm per residual branch) with a learned position "
+        "code, pooled by the centroid backbone's BatchNorm KNN initialisation. PointNet++ SSG: the kNN variant at "
+        "these widths (LayerNorm); *PointNet++ SSG, published*: ball query (r 0.2 / 0.4, 32 / 64 neighbours), "
+        "BatchNorm, MLPs 64-64-128, 128-128-256, 256-512-1024, seeds N/2 and N/8. DGCNN: its feature-space kNN "
+        "counted in its FLOPs (the distance matmul) (`benchmarks/baselines.py`). Inputs "
         "are surface-like clouds in random point order, and every model samples for itself inside the timed step: "
         "exact FPS in its first stage (the `centroid::farthest_point_sample` operator), prefixes of that order "
         "after, as the centroid backbone does. "
-        f"Batch of {cfg.batch}. Times are medians of up to {cfg.repeats} runs after one warm-up (two on CUDA; see "
-        "`reps`).", "",
+        f"Batch of {cfg.batch}. Times are medians of {cfg.min_repeats} to {cfg.repeats} timed runs "
+        "after one warm-up (two on CUDA; see `reps`), the spread (fastest–slowest run) in brackets; a speed verdict "
+        "is *met* only when the slowest run against the fastest of the other model clears it, *within noise* when "
+        "only the medians do. Every cell records its commit, date, machine and torch version; cells measured "
+        "before the last change of their model's code (or the harness) are dropped and listed below the tables.",
+        "",
         "- **fwd+bwd**: one training step of one batch: forward with the sampling, cross-entropy, backward and the "
         "AdamW step. **infer**: samples/s of inference-mode "
         f"forward passes. **peak MiB**: {unit} the fwd+bwd step added at its high-water mark (CPU: `ru_maxrss` "
@@ -123,6 +135,8 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     ]  # fmt: skip
     for name, cells in models.items():
         out += _cost_rows(label[name], cells, ref)
+    if dropped + dropped_v:
+        out += ["", "Dropped as stale (re-measure with `--parts cost`): " + "; ".join(dropped + dropped_v) + "."]
     if variants:
         out += ["", f"{h} Centroid backbone variants (schedule, T, recompute)", "",
                 "Centroid rows: the same backbone, ratios against its default (N/2 first, T = 2) at the same N. "

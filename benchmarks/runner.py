@@ -84,7 +84,7 @@ def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: st
     Size-major: every model's cell at one N runs before any cell at the next N, so the cells a ratio compares
     run minutes apart at most (a shared machine's speed drifts over a long sweep)."""
     results: dict[str, dict[int, dict]] = {name: {} for name in names}
-    stamp = provenance()
+    stamp = provenance(cfg.device)
     done: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
     stop: dict[str, str | None] = {name: None for name in names}
     for n in sorted({n for name in names for n in sizes_of[name]}):
@@ -175,15 +175,56 @@ def run_train(cfg: Config) -> dict:
     return out
 
 
-def provenance() -> dict[str, str]:
-    """What every cell records besides its machine: the commit it was measured at (``+dirty`` when the code
-    folders differ from it) and the date."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+#: The code a model's cells measure besides the harness (a cell measured before its last change is stale).
+MODEL_CODE = {"centroid_local": ("models",), "centroid_global": ("models",)}
+BASELINE_CODE = ("models", "benchmarks/baselines.py")
+HARNESS_CODE = ("benchmarks/harness.py",)
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "app", "benchmarks", "models", "datamodules")
-    return {"commit": commit + ("+dirty" if dirty else ""), "date": datetime.date.today().isoformat()}
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def last_change(model: str) -> str | None:
+    """The last commit touching ``model``'s code or the harness (``None`` outside a git checkout)."""
+    paths = MODEL_CODE.get(model, BASELINE_CODE) + HARNESS_CODE
+    return _git("log", "-1", "--format=%h", "--", *paths).stdout.strip() or None
+
+
+def is_stale(cell: dict, changed: str | None) -> bool:
+    """Whether ``cell`` was measured at a commit before ``changed`` (its model's last code change); a cell
+    without a commit, or at one this checkout does not know, is stale too."""
+    if changed is None:
+        return False
+    commit = str(cell.get("commit", "")).removesuffix("+dirty")
+    return not commit or _git("merge-base", "--is-ancestor", changed, commit).returncode != 0
+
+
+def drop_stale(tables: dict, variants: bool = False) -> tuple[dict, list[str]]:
+    """A ``{name: {N: cell}}`` cost table without the cells older than their model's code, and one line per
+    name saying what was dropped. Names: models, or with ``variants`` ``model@variant`` and the centroid
+    variants' bare labels."""
+    kept, dropped = {}, []
+    changes: dict[str, str | None] = {}
+    for name, cells in tables.items():
+        model = (name.rpartition("@")[0] or REFERENCE) if variants else name
+        changed = changes.setdefault(model, last_change(model))
+        old = [n for n, c in cells.items() if not (c.get("error") or "").startswith("skipped") and is_stale(c, changed)]
+        kept[name] = {n: c for n, c in cells.items() if n not in old}
+        if old:
+            at = sorted({str(cells[n].get("commit", "no commit")) for n in old})
+            dropped.append(f"{name}: N = {', '.join(map(str, old))} (measured at {', '.join(at)}; code changed at "
+                           f"{changed})")  # fmt: skip
+    return kept, dropped
+
+
+def provenance(device: str = "cpu") -> dict[str, str]:
+    """What every cell records: the commit it was measured at (``+dirty`` when the code folders differ from it),
+    the date, the machine and the torch version."""
+    commit = _git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
+    dirty = _git("status", "--porcelain", "--", "app", "benchmarks", "models", "datamodules").stdout.strip()
+    return {"commit": commit + ("+dirty" if dirty else ""), "date": datetime.date.today().isoformat(),
+            "machine": machine(device), "torch": torch.__version__}  # fmt: skip
 
 
 def machine(device: str = "cpu") -> str:

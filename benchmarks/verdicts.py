@@ -22,6 +22,11 @@ def speed_verdict(slow: dict, fast: dict, goal: float, key: str = "train_range_m
     return ("met" if median >= goal else "not met"), f"{median:.2f}× (one timing: no spread)"
 
 
+def _inverse(sps_range: list[float] | None) -> list[float] | None:
+    """A ``[slowest, fastest]`` samples/s range as ``[fastest, slowest]`` seconds per sample."""
+    return [1 / sps_range[1], 1 / sps_range[0]] if sps_range else None
+
+
 def _memory_ratios(cell: dict, baseline: dict) -> tuple[float, float]:
     """``cell``'s peak memory over ``baseline``'s: resident size, and live tensors (``inf`` where not measured)."""
     def ratio(key: str) -> float:
@@ -91,9 +96,11 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
                      f"{max(ran, default=0):,}; failed cells: {'; '.join(failed) or 'none'}. The kernels at "
                      "B·M = 2²¹ are run by `pytest -m gpu` (tests/models/test_backbone.py).")  # fmt: skip
     if c1.get("infer_sps") and p1.get("infer_sps"):
-        ratio = c1["infer_sps"] / p1["infer_sps"]
-        lines.append(f"- Inference at N = 1024 ≥ PointNet++ SSG (aim 1.5×): **{'met' if ratio >= 1 else 'not met'}** "
-                     f"({c1['infer_sps']:.1f} vs {p1['infer_sps']:.1f} samples/s, {ratio:.2f}×).")  # fmt: skip
+        verdict, ratio = speed_verdict({"train_ms": 1 / p1["infer_sps"], "range": _inverse(p1.get("infer_range_sps"))},
+                                       {"train_ms": 1 / c1["infer_sps"], "range": _inverse(c1.get("infer_range_sps"))},
+                                       1.0, key="range")  # fmt: skip
+        lines.append(f"- Inference at N = 1024 ≥ PointNet++ SSG (aim 1.5×): **{verdict}** "
+                     f"({c1['infer_sps']:.1f} vs {p1['infer_sps']:.1f} samples/s, {ratio}).")  # fmt: skip
     else:
         lines.append("- Inference at N = 1024 against PointNet++: **not measured**.")
     if not gpu:  # a CPU target

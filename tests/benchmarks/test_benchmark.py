@@ -237,3 +237,43 @@ def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_fai
                      ("centroid_local", 512), ("centroid_local", 1024)]  # fmt: skip
     assert list(out["centroid_local"]) == [128, 256, 512, 1024] and out["centroid_local"][1024]["train_ms"] == 10.24
     assert out["pointnet2"][512] == {"error": "skipped: N=256 failed (out of memory)"}
+
+
+def test_cells_older_than_their_models_code_are_dropped() -> None:
+    import subprocess
+
+    from benchmarks.runner import REPO, drop_stale, is_stale, last_change
+
+    changed = last_change("dgcnn")
+    before = subprocess.run(["git", "rev-parse", "--short", f"{changed}^"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert is_stale({"commit": before}, changed) and is_stale({}, changed) and is_stale({"commit": "0000000"}, changed)
+    assert not is_stale({"commit": head + "+dirty"}, changed)
+    kept, dropped = drop_stale({"dgcnn": {1024: {"commit": before, "train_ms": 1.0}, 2048: {"commit": head}}})
+    assert list(kept["dgcnn"]) == [2048] and dropped == [f"dgcnn: N = 1024 (measured at {before}; code changed at {changed})"]
+
+
+def test_the_quick_run_draws_its_plots_beside_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "B.md"
+    main(["--quick", "--output", str(out), "--threads", "1", "--parts", "cost"])
+    raw = json.loads(out.with_suffix(".json").read_text())
+    raw["configs"]["train"] = {"train_per_class": 10, "train_epochs": 2}
+    raw["train"] = {"A": [{"test_acc": 0.5, "train_s": 2.0}, {"test_acc": 0.7, "train_s": 2.0}],
+                    "B": [{"test_acc": 0.4, "train_s": 1.0}]}  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps(raw))
+    main(["--quick", "--output", str(out), "--parts"])  # re-render only: the plots are redrawn from the raw results
+    text = out.read_text()
+    for name in ("B_cost.png", "B_accuracy.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG") and f"![{name}]({name})" in text
+
+
+def test_accuracy_rows_intervals_and_the_pareto_front() -> None:
+    from benchmarks.plots import ci95, pareto_front, train_rows
+
+    assert ci95([1.0]) == 0.0 and ci95([1.0, 3.0]) == pytest.approx(12.71 * 2**0.5 / 2**0.5)
+    assert pareto_front([(1.0, 90.0), (2.0, 80.0), (0.5, 85.0), (2.0, 70.0)]) == [0, 1]
+    rows = train_rows({"configs": {"train": {"train_per_class": 10, "train_epochs": 2}},
+                       "train": {"A": [{"test_acc": 0.5, "train_s": 4.0}, {"test_acc": 0.7, "train_s": 4.0}]}})  # fmt: skip
+    assert len(rows) == 1 and rows[0].acc_mean == pytest.approx(60.0) and rows[0].train_sps == pytest.approx(60.0)
+    assert rows[0].infer_sps is None
