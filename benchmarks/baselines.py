@@ -134,7 +134,8 @@ class _Backbone(nn.Module):
         if pos.dim() != 3 or pos.shape[-1] != 3:
             raise ValueError(f"pos must be [B, N, 3], got {list(pos.shape)}")
         if (x.shape[-1] if x is not None else 0) != self.in_channels:
-            raise ValueError(f"x must have in_channels={self.in_channels} channels, got {None if x is None else x.shape}")
+            got = None if x is None else list(x.shape)
+            raise ValueError(f"x must have in_channels={self.in_channels} channels, got {got}")
         feat = self.embed(pos, x)
         stages, p, f = [], pos, feat
         for stage in self.stages:

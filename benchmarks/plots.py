@@ -18,8 +18,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on benchmark machines
 import matplotlib.pyplot as plt  # noqa: E402 -- after the backend is chosen
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from benchmarks.harness import MODELS  # noqa: E402
+from benchmarks.runner import drop_stale  # noqa: E402
 
 #: Two-sided 95 % Student-t quantiles by degrees of freedom (1–10); above that the normal 1.96.
 T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
@@ -73,7 +75,8 @@ def train_rows(results: dict) -> list[AccuracyRow]:
 
 def plot_cost(models: dict, path: Path) -> Path | None:
     """Cost against N (``models``: ``{name: {N: cell}}``, N keys as JSON strings); ``None`` when nothing ran."""
-    series = {name: sorted((int(n), c) for n, c in cells.items() if not c.get("error")) for name, cells in models.items()}
+    series = {name: sorted((int(n), c) for n, c in cells.items() if not c.get("error"))
+              for name, cells in models.items()}  # fmt: skip
     series = {name: cells for name, cells in series.items() if cells}
     if not series:
         return None
@@ -86,8 +89,11 @@ def plot_cost(models: dict, path: Path) -> Path | None:
         err = [[t - s[0] for t, s in zip(times, spread)], [s[1] - t for t, s in zip(times, spread)]]
         ax_t.errorbar(ns, times, yerr=err, marker="o", capsize=3, label=label)
         ax_m.plot(ns, [max(c["peak_mib"], 1e-1) for _, c in cells], marker="o", label=label)
+    sizes = sorted({n for cells in series.values() for n, _ in cells})
     for ax, ylabel in ((ax_t, "fwd+bwd ms per batch (median, min–max)"), (ax_m, "peak MiB of the step")):
         ax.set(xscale="log", yscale="log", xlabel="N (points per cloud)", ylabel=ylabel)
+        ax.set_xticks(sizes, [str(n) for n in sizes], minor=False)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend(fontsize=8)
     fig.suptitle("Training step cost against N (sampling included)")
@@ -113,6 +119,7 @@ def plot_accuracy(rows: list[AccuracyRow], path: Path) -> Path | None:
         front = pareto_front(points)
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "k--", lw=1, label="Pareto front")
         ax.set(xscale="log", xlabel=title, ylabel="test accuracy % (mean, 95 % interval)")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -121,8 +128,11 @@ def plot_accuracy(rows: list[AccuracyRow], path: Path) -> Path | None:
     return path
 
 
-def plot(results: dict, output: Path) -> list[Path]:
-    """Every plot of the (CPU) results beside ``output``; the paths written."""
-    made = [plot_cost(results.get("cost", {}).get("models", {}), output.with_name(f"{output.stem}_cost.png")),
-            plot_accuracy(train_rows(results), output.with_name(f"{output.stem}_accuracy.png"))]  # fmt: skip
+def plot(results: dict, output: Path, rows: list[AccuracyRow] | None = None) -> list[Path]:
+    """Every plot of the (CPU) results beside ``output``; the paths written. ``rows``: the accuracy plot's rows
+    (default: from the ``train`` part, :func:`train_rows`)."""
+    fresh, _ = drop_stale(results.get("cost", {}).get("models", {}))  # the tables' cells, no stale ones
+    rows = train_rows(results) if rows is None else rows
+    made = [plot_cost(fresh, output.with_name(f"{output.stem}_cost.png")),
+            plot_accuracy(rows, output.with_name(f"{output.stem}_accuracy.png"))]  # fmt: skip
     return [p for p in made if p is not None]
