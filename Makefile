@@ -36,4 +36,4 @@ test: setup
 	$(PY) -m pytest -q
 
 benchmark: setup
-	$(PY) -m app.benchmark
+	$(PY) -m benchmarks

@@ -264,7 +264,7 @@ class ClassificationTask(PointTask):
 
     def __init__(
         self,
-        backbone: CentroidBackbone,
+        backbone: nn.Module,  # a CentroidBackbone, or any module with its contract (benchmarks.baselines)
         num_classes: int,
         class_names: list[str] | None = None,
         head_hidden: list[int] = [512, 256],

@@ -1,7 +1,7 @@
 """A callback that times a real ``fit`` as a user runs it (the Lightning CLI, its loaders, validation, logging).
 
 Added to a run with ``--trainer.callbacks+=benchmarks.fit_timer.FitTimer --trainer.callbacks.output=PATH``
-(``app.benchmark --parts fit`` does this). Per epoch it writes to ``output`` (JSON, rewritten after every epoch):
+(``python -m benchmarks --parts fit`` does this). Per epoch it writes to ``output`` (JSON, rewritten after every epoch):
 
 - ``train_s``: from the epoch's start to its last training batch's end; ``samples``: training samples seen;
   ``samples_per_s`` = samples / train_s.

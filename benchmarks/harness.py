@@ -1,7 +1,7 @@
 """Measurement of one benchmark cell, run in its own subprocess (``python -m benchmarks.harness '<json>'``).
 
 A cell is one model (or one neighbour-search op) at one N. Running each cell in a fresh process makes its
-peak memory honest and isolates failures: the parent (``app.benchmark``) caps the child's address space
+peak memory honest and isolates failures: the parent (``benchmarks.runner``) caps the child's address space
 (an out-of-memory cell fails with an error instead of taking the machine down) and its wall time, and
 records a skip with the reason.
 
@@ -12,7 +12,7 @@ What is measured:
 - ``peak_mib``: CPU — the increase of the process's peak resident set size (``ru_maxrss``) over the
   resident size just before the first step: everything the forward + backward allocated (activations,
   gradients, workspaces, allocator slack) at its high-water mark. CUDA — ``torch.cuda.max_memory_allocated``
-  over what was allocated before the first step (exact; cells then run in one process, see app.benchmark).
+  over what was allocated before the first step (exact; cells then run in one process, see benchmarks.runner).
 - ``tensor_peak_mib``: the peak of live tensor bytes during one fwd+bwd step over those live at its start,
   without the allocator's slack: CUDA — ``peak_mib``; CPU — summed from the allocator's events that
   ``torch.profiler`` records (``profile_memory``) in one more, profiled step (:func:`tensor_peak_mib`). The
@@ -52,23 +52,25 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
+from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG, PointNet2SSGBall
 from benchmarks.fit_timer import busy_seconds
-from models.backbone import CentroidBackbone, StageSettings
-from models.flops import count_parameters, gathered_kernels
 from datamodules.sampling import fps_order
 from datamodules.transforms import FPSOrder
+from models.backbone import CentroidBackbone, StageSettings
+from models.flops import count_parameters, gathered_kernels
 from models.heads import ClassificationHead
 from models.ops import farthest_point_sample, knn
 
-# name -> (label, backbone factory(in_channels, num_centroids, steps, sampling)); all at stem 64, widths
-# 128/256/512, k 16, 4 heads; every model picks its seeds the same way (``sampling``).
+# name -> (label, backbone factory(in_channels, num_centroids, widths, steps, sampling)); all at stem 64, widths
+# 128/256/512, k 16, 4 heads, except the published PointNet++ (its own widths, ball query, seeds N/2 and N/8 of the
+# schedule); every model picks its seeds the same way (``sampling``).
 Factory = Callable[..., nn.Module]
 MODELS: dict[str, tuple[str, Factory]] = {
     "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="local", steps=t, **kw), s)),
     "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="global", steps=t, **kw), s)),
     "full_attention": ("Full self-attention", lambda c, m, w, t, s, **kw: FullAttentionBackbone(c, w[0], m, w[1:], steps=t, sampling=s, **kw)),
     "pointnet2": ("PointNet++ SSG", lambda c, m, w, t, s, **kw: PointNet2SSG(c, w[0], m, w[1:], sampling=s, **kw)),
+    "pointnet2_ball": ("PointNet++ SSG, published", lambda c, m, w, t, s, **kw: PointNet2SSGBall(c, [m[0], m[-1]], sampling=s, **kw)),
     "dgcnn": ("DGCNN", lambda c, m, w, t, s: DGCNN(c, w[0], m, w[1:], sampling=s)),
 }  # fmt: skip
 # Neighbour search and sampling per batch: kNN (k = 16) of M = N/2 queries among N points; FPS of N/2 in the
@@ -157,6 +159,8 @@ class CellSpec:
     steps: int = 2  # T of the attention models
     sampling: str = "fps"  # seeds: exact FPS in the model, or "prefix" of inputs ordered outside the clock
     options: dict = field(default_factory=dict)  # further backbone keyword arguments (centroid variants)
+    widths: list[int] = field(default_factory=lambda: list(WIDTHS))  # stem, then one width per stage
+    min_repeats: int = 5  # timed runs at least, whatever the budget: every ratio and verdict needs a spread
 
 
 @dataclass
@@ -192,16 +196,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Callable[[], object], device: str, repeats: int, budget_s: float) -> tuple[float, int, list[float]]:
+def _timed(
+    fn: Callable[[], object], device: str, repeats: int, budget_s: float, min_repeats: int = 1
+) -> tuple[float, int, list[float]]:
     """Median seconds of ``fn`` after one warm-up (two on CUDA, whose first call in a process also creates the
-    library handles), the number of timed runs and their ``[min, max]``; repeats capped so they fit ``budget_s``."""
+    library handles), the number of timed runs and their ``[min, max]``; repeats capped so they fit ``budget_s``,
+    but never fewer than ``min_repeats``."""
     for _ in range(2 if device.startswith("cuda") else 1):
         _sync(device)
         t = time.perf_counter()
         fn()
         _sync(device)
         warm = time.perf_counter() - t
-    n = max(1, min(repeats, int(budget_s / max(warm, 1e-9))))
+    n = max(1, min_repeats, min(repeats, int(budget_s / max(warm, 1e-9))))
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -258,7 +265,7 @@ def _run_op(spec: CellSpec) -> CellResult:
             "fps_exact": lambda: farthest_point_sample(pos, m, method="exact"),
         }
     with torch.inference_mode():
-        sec, n, spread = _timed(fns[spec.name], spec.device, spec.repeats, spec.budget_s)
+        sec, n, spread = _timed(fns[spec.name], spec.device, spec.repeats, spec.budget_s, spec.min_repeats)
     return CellResult(spec, op_ms=sec * 1e3, repeats=n, op_range_ms=[t * 1e3 for t in spread])
 
 
@@ -277,7 +284,7 @@ def _run_model(spec: CellSpec) -> CellResult:
     dev = spec.device
     cuda = dev.startswith("cuda")
     model = build_classifier(spec.name, spec.num_points, 40, ratios=spec.ratios, steps=spec.steps,
-                             sampling=spec.sampling, options=spec.options).to(dev)  # fmt: skip
+                             sampling=spec.sampling, options=spec.options, widths=spec.widths).to(dev)  # fmt: skip
     params = count_parameters(model)
     # "prefix": ordered outside the clock, the contract of data ordered offline
     pos = ordered_surface_cloud(spec.batch, spec.num_points) if spec.sampling == "prefix" else surface_cloud(spec.batch, spec.num_points)
@@ -310,12 +317,12 @@ def _run_model(spec: CellSpec) -> CellResult:
         step()
         _sync(dev)
         notes.append(f"compile + first step {time.perf_counter() - t:.1f} s")
-    train_s, n, train_spread = _timed(step, dev, spec.repeats, spec.budget_s / 2)
+    train_s, n, train_spread = _timed(step, dev, spec.repeats, spec.budget_s / 2, spec.min_repeats)
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else _peak_rss_mib() - rss0
     kernel_frac = gpu_busy_s(step) / train_s if cuda else None
     tensors = peak if cuda else tensor_peak_mib(step)
     model.eval()
-    infer_s, _, infer_spread = _timed(infer, dev, spec.repeats, spec.budget_s / 2)
+    infer_s, _, infer_spread = _timed(infer, dev, spec.repeats, spec.budget_s / 2, spec.min_repeats)
     gflops = forward_gflops(model, pos[:1]) if spec.flops else None  # one extra forward on one cloud
     return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, tensors, gflops, params, repeats=n,
                       kernel_frac=kernel_frac, notes=notes, train_range_ms=[t * 1e3 for t in train_spread],

@@ -36,10 +36,10 @@ def probe(model: nn.Module, pos: Tensor) -> dict:
     bb, out = model.backbone, {"entropy": [], "before": [], "after": []}
     h = bb.embed(pos, None)
     for stage in bb.stages:
-        h = stage.proj(h)
+        h = stage.proj(h) + stage.pos_code(pos)
         out["before"].append(_diversity(h, 1))
         for _ in range(stage.steps):
-            h, w = stage.attention(h, h, return_attention=True)  # w: (B, heads, N, N)
+            h, w = stage.attention(h, return_attention=True)  # w: (B, heads, N, N)
             entropy = -(w.clamp_min(1e-12).log() * w).sum(-1).mean() / math.log(w.shape[-1])
         out["entropy"].append(float(entropy))
         out["after"].append(_diversity(h, 1))

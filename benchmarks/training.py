@@ -21,8 +21,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from benchmarks.baselines import Classifier
 from benchmarks.harness import RATIOS, build_classifier
-from datamodules.synthetic.write import GeneratorConfig
 from datamodules.modelnet import ModelNetDataModule
+from datamodules.synthetic.write import GeneratorConfig
 
 
 @dataclass

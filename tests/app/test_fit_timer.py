@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from app.cli import make_cli
-from app.fit_benchmark import fit_command, render_fit
+from benchmarks.fit import fit_command, render_fit
 from tests.app.conftest import DEMO, tiny_args
 
 

@@ -9,8 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.benchmark import CANDIDATES, VARIANTS, Config, main, speed_verdict, targets
+from benchmarks.__main__ import main
+from benchmarks.config import Config
+from benchmarks.experiments import CANDIDATES, VARIANTS
 from benchmarks.harness import MODELS, build_classifier, loglog_slope, num_centroids, tensor_peak_mib
+from benchmarks.verdicts import speed_verdict, targets
 
 
 def _tables(text: str) -> list[list[str]]:
@@ -46,7 +49,7 @@ def test_quick_run_writes_well_formed_markdown(tmp_path: Path) -> None:
     measured = [row for row in cost[2:] if "| – |" not in row]
     assert measured and all(re.search(r"tensors \d+ MiB", row) for row in measured)  # CPU: the tensors' peak too
     variants = tables[1]
-    for variant, (*_, baselines) in VARIANTS.items():  # every variant, and its baselines at the same schedule
+    for variant, baselines in ((label, v.baselines) for label, v in VARIANTS.items()):  # every variant, and its baselines at the same schedule
         assert any(f"| Centroid (local), {variant} |" in row for row in variants), variant
         for model in baselines:
             assert any(f"| {MODELS[model][0]}, {variant} |" in row for row in variants), (model, variant)
@@ -136,7 +139,7 @@ def test_benchmark_models_share_the_contract(name: str) -> None:
     logits = model(pos)
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
     logits.sum().backward()
-    assert model.backbone.out_channels == 512
+    assert model.backbone.out_channels == (1024 if name == "pointnet2_ball" else 512)
 
 
 def test_loglog_slope_and_schedule() -> None:
@@ -155,7 +158,7 @@ def test_full_attention_has_the_centroid_blocks_layer_scale() -> None:
 
 
 def test_a_train_run_for_some_candidates_keeps_the_rows_measured_the_same_way(tmp_path: Path, monkeypatch) -> None:
-    import app.benchmark as bench
+    import benchmarks.runner as bench
 
     def fake(cfg: bench.Config) -> dict:
         return {label: [{"test_acc": 0.5 + 0.1 * i, "train_s": 1.0, "curve": [1.0]}] for i, label in enumerate(cfg.candidates)}
@@ -175,7 +178,7 @@ def test_a_train_run_for_some_candidates_keeps_the_rows_measured_the_same_way(tm
 
 def test_pointnet2_norm_option() -> None:
     model = build_classifier("pointnet2", 64, num_classes=5, options={"norm": "batch"})
-    assert isinstance(model.backbone.convs[0].local_nn[1], torch.nn.BatchNorm1d)
+    assert isinstance(model.backbone.stages[0].conv.local_nn[1], torch.nn.BatchNorm1d)
     assert model(torch.rand(2, 64, 3)).shape == (2, 5)
     with pytest.raises(ValueError, match="norm='group'"):
         build_classifier("pointnet2", 64, num_classes=5, options={"norm": "group"})
@@ -194,7 +197,8 @@ def test_full_attention_probe_runs_and_sees_near_uniform_attention_at_init() -> 
 
 
 def test_training_targets_compare_the_default_centroid_row_with_pointnet2() -> None:
-    from app.benchmark import DEFAULT_CENTROID, train_targets
+    from benchmarks.experiments import DEFAULT_CENTROID
+    from benchmarks.verdicts import train_targets
 
     def runs(*accs: float) -> list[dict]:
         return [{"test_acc": a} for a in accs]
@@ -206,7 +210,7 @@ def test_training_targets_compare_the_default_centroid_row_with_pointnet2() -> N
 
 
 def test_compiled_cells_are_kept_as_a_variant_beside_the_eager_ones(monkeypatch) -> None:
-    import app.benchmark as bench
+    import benchmarks.runner as bench
 
     monkeypatch.setattr(bench, "sweep", lambda names, *a, **k: {n: {128: {"train_ms": 1.0}} for n in names})
     cfg = bench.Config(sizes=[128], local_sizes=[], models=["centroid_local", "pointnet2"], compile=True)
@@ -216,7 +220,7 @@ def test_compiled_cells_are_kept_as_a_variant_beside_the_eager_ones(monkeypatch)
 
 def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_failure(monkeypatch) -> None:
     """Size-major order (the cells a ratio compares run back to back); a model stops at its first failure."""
-    import app.benchmark as bench
+    import benchmarks.runner as bench
 
     calls = []
 
@@ -233,3 +237,43 @@ def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_fai
                      ("centroid_local", 512), ("centroid_local", 1024)]  # fmt: skip
     assert list(out["centroid_local"]) == [128, 256, 512, 1024] and out["centroid_local"][1024]["train_ms"] == 10.24
     assert out["pointnet2"][512] == {"error": "skipped: N=256 failed (out of memory)"}
+
+
+def test_cells_older_than_their_models_code_are_dropped() -> None:
+    import subprocess
+
+    from benchmarks.runner import REPO, drop_stale, is_stale, last_change
+
+    changed = last_change("dgcnn")
+    before = subprocess.run(["git", "rev-parse", "--short", f"{changed}^"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert is_stale({"commit": before}, changed) and is_stale({}, changed) and is_stale({"commit": "0000000"}, changed)
+    assert not is_stale({"commit": head + "+dirty"}, changed)
+    kept, dropped = drop_stale({"dgcnn": {1024: {"commit": before, "train_ms": 1.0}, 2048: {"commit": head}}})
+    assert list(kept["dgcnn"]) == [2048] and dropped == [f"dgcnn: N = 1024 (measured at {before}; code changed at {changed})"]
+
+
+def test_the_quick_run_draws_its_plots_beside_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "B.md"
+    main(["--quick", "--output", str(out), "--threads", "1", "--parts", "cost"])
+    raw = json.loads(out.with_suffix(".json").read_text())
+    raw["configs"]["train"] = {"train_per_class": 10, "train_epochs": 2}
+    raw["train"] = {"A": [{"test_acc": 0.5, "train_s": 2.0}, {"test_acc": 0.7, "train_s": 2.0}],
+                    "B": [{"test_acc": 0.4, "train_s": 1.0}]}  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps(raw))
+    main(["--quick", "--output", str(out), "--parts"])  # re-render only: the plots are redrawn from the raw results
+    text = out.read_text()
+    for name in ("B_cost.png", "B_accuracy.png"):
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG") and f"![{name}]({name})" in text
+
+
+def test_accuracy_rows_intervals_and_the_pareto_front() -> None:
+    from benchmarks.plots import ci95, pareto_front, train_rows
+
+    assert ci95([1.0]) == 0.0 and ci95([1.0, 3.0]) == pytest.approx(12.71 * 2**0.5 / 2**0.5)
+    assert pareto_front([(1.0, 90.0), (2.0, 80.0), (0.5, 85.0), (2.0, 70.0)]) == [0, 1]
+    rows = train_rows({"configs": {"train": {"train_per_class": 10, "train_epochs": 2}},
+                       "train": {"A": [{"test_acc": 0.5, "train_s": 4.0}, {"test_acc": 0.7, "train_s": 4.0}]}})  # fmt: skip
+    assert len(rows) == 1 and rows[0].acc_mean == pytest.approx(60.0) and rows[0].train_sps == pytest.approx(60.0)
+    assert rows[0].infer_sps is None

@@ -1,4 +1,4 @@
-"""The ``fit`` part of ``python -m app.benchmark``: a real training run through the Lightning CLI at paper scale.
+"""The ``fit`` part of ``python -m benchmarks``: a real training run through the Lightning CLI at paper scale.
 
 ``configs/modelnet40.yaml`` (the paper-scale classifier and its recipe, 1024 points) on a generated data set
 of ModelNet40's size: 820 training and 206 test shapes for each of the generator's 12 classes (9840 and 2472

@@ -1,0 +1,55 @@
+"""Sizes and limits of one ``python -m benchmarks`` run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from benchmarks.experiments import CANDIDATES
+from benchmarks.harness import MODELS
+
+#: Every part a run can redo, in report order (see ``benchmarks/__main__.py``).
+PARTS = ("cost", "ops", "train", "fit")
+#: The parts a plain run redoes (``fit`` takes an epoch at paper scale: asked for by name).
+DEFAULT_PARTS = ("cost", "ops", "train")
+
+
+@dataclass
+class Config:
+    """Sizes and limits of one benchmark run (``--quick`` shrinks all of them)."""
+
+    sizes: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
+    local_sizes: list[int] = field(default_factory=lambda: [16384, 32768, 65536, 131072])  # local mode + ops only
+    variant_sizes: list[int] = field(default_factory=lambda: [1024, 4096])
+    models: list[str] = field(default_factory=lambda: list(MODELS))
+    batch: int = 4
+    repeats: int = 10  # timed runs at most (fewer when they would not fit the cell budget)
+    min_repeats: int = 5  # timed runs at least: every number a ratio or a verdict uses has a spread
+    cell_budget_s: float = 20.0  # timed repeats fit into about this
+    cell_timeout_s: float = 240.0  # hard limit of one cell's subprocess
+    mem_gib: float = 12.0  # address-space cap of one cell's subprocess
+    threads: int = 0
+    device: str = "cpu"
+    compile: bool = False
+    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
+    seeds: int = 3
+    jobs: int = 1  # trainings run side by side
+    train_epochs: int = 12
+    train_points: int = 256
+    train_per_class: int = 40
+    test_per_class: int = 50  # 600 test shapes: one shape is 0.17 points (10 per class could not resolve 1.5)
+    data_root: str = "data/benchmark_modelnet"
+    torch_cluster_python: str | None = None
+    isolate: bool = True  # one subprocess per cell (honest peak memory); False runs cells in this process
+    fit_epochs: int = 1
+    fit_limit_batches: int | None = None  # training (and validation) batches per epoch; None: all
+    fit_workers: int | None = None  # loader workers; None: the config's
+    fit_data_root: str = "data/benchmark_modelnet40_size"
+    fit_timeout_s: float = 7200.0
+
+
+def quick_config(data_root: str) -> Config:
+    """Tiny sizes for tests: runs end to end in well under a minute."""
+    return Config(sizes=[128], local_sizes=[256], variant_sizes=[128], batch=2, repeats=1, min_repeats=1,
+                  cell_budget_s=1.0,
+                  cell_timeout_s=60.0, candidates=list(CANDIDATES)[:3], seeds=2, train_epochs=1, train_points=64,
+                  train_per_class=1, test_per_class=1, data_root=data_root, isolate=False)  # fmt: skip

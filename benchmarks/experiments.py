@@ -1,0 +1,53 @@
+"""The experiments of ``python -m benchmarks``: the reference model, the centroid cost variants and the training
+candidates (each row names its options; docs/operator.md §6 says which are the defaults and why)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+REFERENCE = "centroid_local"
+
+TRAIN_SETUP = ("seeds", "train_epochs", "train_points", "train_per_class", "test_per_class", "data_root")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A centroid cost variant beside the default, measured at ``Config.variant_sizes``: its stage schedule
+    (``ratios``), T (``steps``), further backbone ``options``, ``widths`` (stem, then stages), whether it also runs
+    at the large sizes ``Config.local_sizes``, and the ``baselines`` measured at the same schedule and T."""
+
+    ratios: list[int] = field(default_factory=lambda: [2, 4, 8])
+    steps: int = 2
+    options: dict = field(default_factory=dict)
+    widths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    large: bool = False
+    baselines: tuple[str, ...] = ()
+
+
+VARIANTS: dict[str, Variant] = {
+    "T = 1": Variant(steps=1, baselines=("full_attention",)),
+    "N/4 first": Variant(ratios=[4, 8, 16], baselines=("full_attention", "pointnet2", "pointnet2_ball")),
+    "N/4 first, T = 1": Variant(ratios=[4, 8, 16], steps=1, baselines=("full_attention",)),
+    "recompute (stage activations recomputed in backward)": Variant(options={"recompute": True}, large=True),
+    # parameter-matched: 1.17 M parameters against PointNet++ SSG (kNN) 1.19 M (3.70 M at the default widths)
+    "widths 32/64/128/256 (parameters of PointNet++ SSG)": Variant(widths=[32, 64, 128, 256]),
+}
+#: The variant label of cells measured with ``--compile``.
+COMPILED = "torch.compile"
+#: The training candidate that is the centroid backbone with its defaults (configs/model/backbone_*.yaml).
+DEFAULT_CENTROID = "Centroid + LayerScale 1e-3, BatchNorm KNN init"
+#: Training candidates: label → (model, backbone options, schedule ratios, T). The "(before)" rows are the
+#: models as they were before issue 12 (no LayerScale, raw offsets).
+CANDIDATES: dict[str, tuple[str, dict, list[int], int]] = {
+    "PointNet++ SSG": ("pointnet2", {}, [2, 4, 8], 2),
+    "PointNet++ SSG, BatchNorm": ("pointnet2", {"norm": "batch"}, [2, 4, 8], 2),
+    "Full self-attention": ("full_attention", {}, [2, 4, 8], 2),
+    "Full self-attention, no LayerScale (before)": ("full_attention", {"layer_scale": None}, [2, 4, 8], 2),
+    "Centroid, plain init (before)": ("centroid_local", {"layer_scale": None, "init_norm": "layer"}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, LayerNorm KNN init": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer"}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, LayerNorm KNN init, T = 1": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer"}, [2, 4, 8], 1),
+    "Centroid + normalised offsets": ("centroid_local", {"layer_scale": None, "init_norm": "layer", "normalize_offsets": True}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, 2-layer KNN init": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer", "init_layers": 2}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, BatchNorm KNN init": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "batch"}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, BatchNorm KNN init, T = 1": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "batch"}, [2, 4, 8], 1),
+}

@@ -1,0 +1,50 @@
+"""What each part of ``python -m benchmarks`` measures into the raw results (``<output>.json``).
+
+A part is one function ``(cfg, results) -> bool`` in :data:`MEASURE`: it stores its new results in ``results``
+(a dict loaded from the JSON file, kept between runs) and returns whether it kept rows an earlier command
+measured (the report then lists both commands). A new part is one function here, its name in
+``benchmarks.config.PARTS`` and its section in ``benchmarks/report.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from benchmarks import runner
+from benchmarks.config import Config
+from benchmarks.experiments import CANDIDATES, TRAIN_SETUP
+from benchmarks.fit import run_fit
+from benchmarks.harness import MODELS
+
+
+def measure_cost(cfg: Config, results: dict) -> bool:
+    """The cells measured now replace theirs; every other model × N is kept."""
+    new, old = runner.run_cost(cfg), results.get("cost", {})
+    results["cost"] = {table: runner.merge_cells(old.get(table, {}), new[table]) for table in ("models", "variants")}
+    return set(cfg.models) != set(MODELS)
+
+
+def measure_ops(cfg: Config, results: dict) -> bool:
+    results["ops"] = runner.run_ops(cfg)
+    return False
+
+
+def measure_train(cfg: Config, results: dict) -> bool:
+    """Candidates measured now replace theirs; the others are kept if they were measured the same way."""
+    new, old = runner.run_train(cfg), results.get("train", {})
+    before = results.get("configs", {}).get("train")
+    same = before is not None and all(before.get(f) == getattr(cfg, f) for f in TRAIN_SETUP)
+    kept = {label: runs for label, runs in old.items() if same and label not in new and label in CANDIDATES}
+    results["train"] = {label: ({**kept, **new})[label] for label in CANDIDATES if label in kept or label in new}
+    return bool(kept)
+
+
+def measure_fit(cfg: Config, results: dict) -> bool:
+    results["fit"] = run_fit(cfg.device, cfg.fit_data_root, cfg.fit_epochs, cfg.fit_limit_batches, cfg.fit_workers,
+                             cfg.fit_timeout_s)  # fmt: skip
+    return False
+
+
+MEASURE: dict[str, Callable[[Config, dict], bool]] = {
+    "cost": measure_cost, "ops": measure_ops, "train": measure_train, "fit": measure_fit,
+}  # fmt: skip
