@@ -1,4 +1,4 @@
-"""``python -m app fit|validate|test|predict --config configs/<file>.yaml``; ``python -m app export ...`` (see README)."""
+"""``python -m app fit|validate|test|predict --config configs/<file>.yaml``, ``python -m app export`` (README)."""
 
 import sys
 

@@ -102,8 +102,7 @@ class SegmentationHead(nn.Module):
             if category is None or category.shape != (out.pos.shape[0],):
                 raise ValueError(f"category must be a [B] long tensor when num_categories > 0, got {category}")
             # a host sync, skipped while tracing for export (the graph cannot branch on values)
-            outside = not torch.compiler.is_compiling() and (category.min() < 0 or category.max() >= self.num_categories)
-            if outside:
+            if not torch.compiler.is_compiling() and (category.min() < 0 or category.max() >= self.num_categories):
                 raise ValueError(f"category values must lie in [0, {self.num_categories}), got {category.tolist()}")
         levels = [(out.pos, out.feat)] + [(s.pos, s.feat) for s in out.stages]
         pos, feat = levels[-1]
