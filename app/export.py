@@ -111,7 +111,7 @@ def example_inputs(model: Deployable, batch: int, num_points: int, seed: int = 0
     return tuple(out)
 
 
-def test_inputs(ckpt: str | Path, model: Deployable, count: int = PARITY_CLOUDS) -> tuple[Tensor, ...]:
+def parity_inputs(ckpt: str | Path, model: Deployable, count: int = PARITY_CLOUDS) -> tuple[Tensor, ...]:
     """The first ``count`` clouds of the checkpoint's test split, as the model's inputs."""
     data = load_datamodule(ckpt)
     data.prepare_data()
@@ -196,7 +196,7 @@ def export(ckpt: str | Path, fmt: str, out: str | Path, num_points: int | None =
     read_checkpoint(ckpt)  # one-line error for a file that is not one of our checkpoints
     eager = load_task(ckpt).float().eval()
     model = load_deployable(ckpt)
-    inputs = test_inputs(ckpt, model)
+    inputs = parity_inputs(ckpt, model)
     if num_points is not None and num_points != inputs[0].shape[1]:
         raise ValueError(f"--num-points {num_points}: the checkpoint's test clouds have {inputs[0].shape[1]}")
     out = Path(out)
