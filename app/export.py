@@ -73,6 +73,7 @@ class Deployable(nn.Module):
                 module.max_rows = None
         self.segmentation = isinstance(task, SegmentationTask)
         self.normals = task.backbone.in_channels > 0
+        self.eval()
 
     def input_names(self) -> list[str]:
         return ["pos", *(["category"] if self.segmentation else []), *(["normal"] if self.normals else [])]
@@ -223,7 +224,8 @@ def time_export(ckpt: str | Path, fmt: str, out: str | Path, num_points: int, ba
     model = load_deployable(ckpt)
     out = Path(out)
     start = time.perf_counter()
-    (export_onnx if fmt == "onnx" else export_program)(model, example_inputs(model, batches[0], num_points), out)
+    traced = example_inputs(model, 2, num_points)  # traced at batch 2: a batch of 1 would be specialised into the graph
+    (export_onnx if fmt == "onnx" else export_program)(model, traced, out)
     written = time.perf_counter() - start
     written_model = runner(fmt, out, model)
     rows = [f"| format | N | batch | {fmt} median (min–max) ms | eager median (min–max) ms | speed-up |",
