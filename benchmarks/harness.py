@@ -54,9 +54,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.baselines import DGCNN, Classifier, FullAttentionBackbone, PointNet2SSG
 from benchmarks.fit_timer import busy_seconds
-from models.backbone import CentroidBackbone
-from models.centroid_attention import pair_flop_counter
-from models.flops import count_parameters
+from models.backbone import CentroidBackbone, StageSettings
+from models.flops import count_parameters, gathered_kernels
 from datamodules.sampling import fps_order
 from datamodules.transforms import FPSOrder
 from models.heads import ClassificationHead
@@ -66,8 +65,8 @@ from models.ops import farthest_point_sample, knn
 # 128/256/512, k 16, 4 heads; every model picks its seeds the same way (``sampling``).
 Factory = Callable[..., nn.Module]
 MODELS: dict[str, tuple[str, Factory]] = {
-    "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], mode="local", steps=t, sampling=s, **kw)),
-    "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], mode="global", steps=t, sampling=s, **kw)),
+    "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="local", steps=t, **kw), s)),
+    "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="global", steps=t, **kw), s)),
     "full_attention": ("Full self-attention", lambda c, m, w, t, s, **kw: FullAttentionBackbone(c, w[0], m, w[1:], steps=t, sampling=s, **kw)),
     "pointnet2": ("PointNet++ SSG", lambda c, m, w, t, s, **kw: PointNet2SSG(c, w[0], m, w[1:], sampling=s, **kw)),
     "dgcnn": ("DGCNN", lambda c, m, w, t, s: DGCNN(c, w[0], m, w[1:], sampling=s)),
@@ -103,7 +102,8 @@ def build_classifier(
 
     ``sampling``: ``"fps"`` (the model samples: exact FPS in the first stage, prefixes after) or ``"prefix"``
     (inputs in FPS order, see :func:`ordered`). ``options``: further keyword
-    arguments of the centroid backbones (e.g. ``layer_scale``, ``normalize_offsets``). ``widths``: the stem
+    arguments of the centroid backbones' stage settings (``models.backbone.StageSettings``: e.g. ``layer_scale``,
+    ``normalize_offsets``) or of the baselines. ``widths``: the stem
     width, then one width per stage.
     """
     backbone = MODELS[name][1](in_channels, num_centroids(num_points, ratios), list(widths), steps, sampling, **(options or {}))
@@ -264,12 +264,12 @@ def _run_op(spec: CellSpec) -> CellResult:
 
 def forward_gflops(model: nn.Module, *inputs: Tensor) -> float:
     """Forward GFLOPs (2 × MACs) of ``model(*inputs)``: every matmul and attention kernel counted, SDPA forced
-    onto its math kernel (its fused CPU/GPU kernels are not all known to the counter), and the local centroid
-    attention's per-pair products (broadcast multiplies the counter does not see) added."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH), \
-            pair_flop_counter() as pairs:  # fmt: skip
+    onto its math kernel (its fused CPU/GPU kernels are not all known to the counter), and the centroid models'
+    per-pair work on the gathered kernel, whose products the counter sees (``models.flops.gathered_kernels``)."""
+    with torch.no_grad(), gathered_kernels(model), FlopCounterMode(display=False) as counter, \
+            sdpa_kernel(SDPBackend.MATH):  # fmt: skip
         model(*inputs)
-    return (counter.get_total_flops() + pairs[0]) / 1e9
+    return counter.get_total_flops() / 1e9
 
 
 def _run_model(spec: CellSpec) -> CellResult:

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.checkpoint import checkpoint
 
-from models.centroid_attention import CentroidAttentionBlock, hard_assignment
+from models.centroid_attention import CentroidAttentionBlock, Mode, hard_assignment
 from models.ops import farthest_point_sample, flat_index, gather, knn, random_sample
-from models.pairs import chunk_rows, knn_batchnorm_max_pool, knn_max_pool
+from models.pairs import Kernel, knn_batchnorm_max_pool, knn_max_pool
 from models.spatial import locality_order
 
 Sampling = Literal["prefix", "fps", "random"]
@@ -91,31 +91,39 @@ class KNNInit(nn.Module):
 
     Shapes: x ``[B, N, C_in]``, points ``[B, N, 3]`` (p_j), centres ``[B, M, 3]`` (p_i), neighbors
     ``[B, M, k]`` → ``[B, M, C]``.
+
+    ``kernel``: of the per-pair max-pools (``models.pairs``; ``"gathered"``: pure torch ops, for export).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, layers: int = 1, norm: InitNorm = "layer") -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, layers: int = 1, norm: InitNorm = "layer", kernel: Kernel = "auto"
+    ) -> None:
         super().__init__()
         if layers not in (1, 2):
             raise ValueError(f"KNN initialisation layers={layers} must be 1 or 2")
         if norm not in ("layer", "batch"):
             raise ValueError(f"KNN initialisation norm={norm!r} must be 'layer' or 'batch'")
+        self.kernel = kernel
         self.embed_x = nn.Linear(in_dim, out_dim)
         self.embed_pos = nn.Linear(3, out_dim, bias=False)
         self.norm = _pair_norm_layer(out_dim, norm)
         self.hidden = (
-            nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim), _pair_norm_layer(out_dim, norm)) if layers == 2 else None
+            nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim), _pair_norm_layer(out_dim, norm))
+            if layers == 2
+            else None
         )
         self.proj = nn.Linear(out_dim, out_dim)
 
     def forward(self, x: Tensor, points: Tensor, centres: Tensor, neighbors: Tensor) -> Tensor:
-        """x ``[B, N, C_in]`` at ``points`` ``[B, N, 3]``, centres ``[B, M, 3]``, neighbors ``[B, M, k]`` → ``[B, M, C]``."""
+        """x ``[B, N, C_in]`` at ``points`` ``[B, N, 3]``, centres ``[B, M, 3]``, neighbors ``[B, M, k]``
+        → ``[B, M, C]``."""
         source = self.embed_x(x)  # (B, N, C)
         (B, N, C), (M, k) = source.shape, neighbors.shape[1:]
         index = flat_index(neighbors, N).reshape(B * M, k)
-        chunk = chunk_rows(B * M, k * C, source.device, None)
         if self.hidden is None and isinstance(self.norm, _BatchNorm):  # no pair is built (docs/operator.md §7)
             pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
-                                            centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index, chunk)  # fmt: skip
+                                            centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index,
+                                            kernel=self.kernel)  # fmt: skip
             return self.proj(torch.relu(pooled.view(B, M, C)))
         rel = gather(points, neighbors) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
         if self.hidden is not None:
@@ -124,7 +132,7 @@ class KNNInit(nn.Module):
             return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
         # max_k LN(z_ij) without keeping the (B, M, k, C) pairs
         pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
-                              index, chunk)  # fmt: skip
+                              index, kernel=self.kernel)  # fmt: skip
         return self.proj(torch.relu(pooled.view(B, M, C)))
 
 
@@ -155,33 +163,61 @@ def _running_statistics_kept(module: nn.Module) -> Iterator[None]:
                 b.copy_(value)
 
 
+@dataclass(frozen=True)
+class StageSettings:
+    """What every stage of a backbone shares, stated once (YAML: ``stage: {k: 16, steps: 2, ...}``).
+
+    Attributes:
+        k: neighbours for the KNN initialisation; k_attn: neighbours each centroid attends to in local mode
+            (default k; docs/operator.md §3).
+        steps, heads, mode, pos_encoding, clustering_norm, ffn_ratio, dropout, layer_scale: of the
+            :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the stage
+            starts as its KNN initialisation, docs/operator.md §6).
+        self_attention_blocks: standard pre-norm self-attention layers among the M centroids afterwards (global,
+            no position code: centroid attention with u = x and T = 1 is exactly that).
+        normalize_offsets: divide the offsets ``p_j − p_i`` by the cloud's mean neighbourhood radius, so the
+            position codes see O(1) inputs at every stage whatever the cloud's scale (docs/operator.md §6).
+        init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
+        init_norm: per-pair normalisation of the :class:`KNNInit`: ``"batch"`` (default: BatchNorm of each
+            channel over the B·M·k pairs of a batch, running statistics in eval mode) or ``"layer"`` (LayerNorm of
+            each pair, the choice before issue 12), docs/operator.md §6.
+        recompute: when gradients are recorded, keep only the stage's inputs and recompute its activations in the
+            backward pass (activation checkpointing): for clouds too large for memory, at the price of a second
+            forward pass (BENCHMARKS.md, variants). Off by default: speed first. The BatchNorms' running
+            statistics are updated once per training step: the recomputation puts them back as it found them.
+        kernel: the per-pair kernel of the KNN initialisation and the local attention (``models.pairs``:
+            ``"auto"`` chooses from the device; ``"gathered"`` is pure torch ops, for ``torch.export`` and ONNX).
+    """
+
+    k: int = 16
+    k_attn: int | None = None
+    steps: int = 2
+    heads: int = 4
+    mode: Mode = "local"
+    self_attention_blocks: int = 0
+    clustering_norm: bool = False
+    pos_encoding: bool = True
+    normalize_offsets: bool = False
+    ffn_ratio: float = 2.0
+    dropout: float = 0.0
+    layer_scale: float | None = 1e-3
+    init_layers: int = 1
+    init_norm: InitNorm = "batch"
+    recompute: bool = False
+    kernel: Kernel = "auto"
+
+
 class CentroidStage(nn.Module):
     """N points → M centroids: seeds + KNN init + centroid attention + self-attention among the centroids.
 
     Args:
         in_dim, out_dim: feature width of the stage's inputs and of its centroids.
         num_centroids: M.
-        k: neighbours for the KNN initialisation; k_attn: neighbours each centroid attends to in local
-            mode (default k; docs/operator.md §3).
-        steps, heads, mode, pos_encoding, clustering_norm, ffn_ratio, dropout, layer_scale: of the
-            :class:`~models.centroid_attention.CentroidAttentionBlock` (LayerScale 1e-3 by default: the
-            stage starts as its KNN initialisation, docs/operator.md §6).
-        init_layers: per-pair layers of the :class:`KNNInit` (1 or 2).
-        init_norm: per-pair normalisation of the :class:`KNNInit`: ``"batch"`` (default: BatchNorm of each
-            channel over the B·M·k pairs of a batch, running statistics in eval mode) or ``"layer"`` (LayerNorm
-            of each pair, the choice before issue 12), docs/operator.md §6.
-        recompute: when gradients are recorded, keep only the stage's inputs and recompute its activations in
-            the backward pass (activation checkpointing): for clouds too large for memory, at the price of a
-            second forward pass (BENCHMARKS.md, variants). Off by default: speed first. The BatchNorms' running
-            statistics are updated once per training step: the recomputation puts them back as it found them.
+        settings: k, steps, heads, ... (:class:`StageSettings`).
         sampling: seeds by exact FPS of the stage's inputs (``"fps"``, order-independent: started at the
             point farthest from the mean; the backbone runs it in its first stage only and gives the later
             stages ``"prefix"``), the first M inputs (``"prefix"``: a contract that the inputs are in
             farthest-point order), or ``"random"`` (docs/operator.md §2 choice).
-        normalize_offsets: divide the offsets ``p_j − p_i`` by the cloud's mean neighbourhood radius, so the
-            position codes see O(1) inputs at every stage whatever the cloud's scale (docs/operator.md §6).
-        self_attention_blocks: standard pre-norm self-attention layers among the M centroids afterwards
-            (global, no position code: centroid attention with u = x and T = 1 is exactly that).
     """
 
     def __init__(
@@ -189,40 +225,29 @@ class CentroidStage(nn.Module):
         in_dim: int,
         out_dim: int,
         num_centroids: int,
-        *,
-        k: int = 16,
-        k_attn: int | None = None,
-        steps: int = 2,
-        heads: int = 4,
-        mode: Literal["local", "global"] = "local",
+        settings: StageSettings = StageSettings(),  # noqa: B008 -- frozen: one immutable default
         sampling: Sampling = "fps",
-        self_attention_blocks: int = 0,
-        clustering_norm: bool = False,
-        pos_encoding: bool = True,
-        normalize_offsets: bool = False,
-        ffn_ratio: float = 2.0,
-        dropout: float = 0.0,
-        layer_scale: float | None = 1e-3,
-        init_layers: int = 1,
-        init_norm: InitNorm = "batch",
-        recompute: bool = False,
     ) -> None:
         super().__init__()
         if sampling not in ("prefix", "fps", "random"):
             raise ValueError(f"sampling must be 'prefix', 'fps' or 'random', got {sampling!r}")
+        k, k_attn = settings.k, settings.k_attn
         if num_centroids < 1 or k < 1 or (k_attn is not None and k_attn < 1):
             raise ValueError(f"num_centroids={num_centroids}, k={k}, k_attn={k_attn} must all be at least 1")
+        self.settings = settings
         self.num_centroids, self.k, self.k_attn = num_centroids, k, k if k_attn is None else k_attn
-        self.mode, self.sampling, self.normalize_offsets, self.recompute = mode, sampling, normalize_offsets, recompute
-        self.init = KNNInit(in_dim, out_dim, init_layers, init_norm)
-        block = dict(ffn_ratio=ffn_ratio, dropout=dropout, layer_scale=layer_scale)
+        self.mode, self.sampling = settings.mode, sampling
+        self.normalize_offsets, self.recompute = settings.normalize_offsets, settings.recompute
+        self.init = KNNInit(in_dim, out_dim, settings.init_layers, settings.init_norm, settings.kernel)
+        block = dict(ffn_ratio=settings.ffn_ratio, dropout=settings.dropout, layer_scale=settings.layer_scale,
+                     kernel=settings.kernel)  # fmt: skip
         self.attention = CentroidAttentionBlock(
-            out_dim, heads, steps, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
-            kv_dim=in_dim, **block,
+            out_dim, settings.heads, settings.steps, mode=settings.mode, pos_encoding=settings.pos_encoding,
+            clustering_norm=settings.clustering_norm, kv_dim=in_dim, **block,
         )  # fmt: skip
         self.self_attention = nn.ModuleList(
-            CentroidAttentionBlock(out_dim, heads, 1, mode="global", pos_encoding=False, **block)
-            for _ in range(self_attention_blocks)
+            CentroidAttentionBlock(out_dim, settings.heads, 1, mode="global", pos_encoding=False, **block)
+            for _ in range(settings.self_attention_blocks)
         )
 
     def extra_repr(self) -> str:
@@ -291,16 +316,15 @@ class CentroidStage(nn.Module):
 
 
 class CentroidBackbone(nn.Module):
-    """Stem + S centroid stages (docs/operator.md §4). Default: 1024 → 512 → 256 → 128 with widths 64 → 128 → 256 → 512.
+    """Stem + S centroid stages (docs/operator.md §4). Default: 1024 → 512 → 256 → 128, widths 64 → 128 → 256 → 512.
 
     Args:
         in_channels: per-point input features besides xyz (0: positions only, 3: normals).
         stem_width: width of the point-wise stem MLP on ``[p, x]``.
         num_centroids, widths: M_s and C_s of each stage (same length S).
-        k, k_attn, steps, heads, mode, sampling, self_attention_blocks, clustering_norm, pos_encoding,
-            normalize_offsets, ffn_ratio, dropout, layer_scale, init_layers, init_norm, recompute: shared by every
-            stage, see :class:`CentroidStage`; with ``sampling="fps"`` only the first stage samples, the later
-            ones take prefixes of its FPS order (exactly their FPS, by the prefix property: docs/operator.md §2).
+        stage: the settings every stage shares (:class:`StageSettings`: k, steps, heads, mode, kernel, ...).
+        sampling: of the seeds, see :class:`CentroidStage`; with ``"fps"`` only the first stage samples, the
+            later ones take prefixes of its FPS order (exactly their FPS, by the prefix property: docs/operator.md §2).
 
     Attributes:
         out_channels: ``widths[-1]``; channels: ``[stem_width, *widths]``.
@@ -312,23 +336,8 @@ class CentroidBackbone(nn.Module):
         stem_width: int = 64,
         num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- lists of ints for jsonargparse, never mutated
         widths: list[int] = [128, 256, 512],  # noqa: B006
-        *,
-        k: int = 16,
-        k_attn: int | None = None,
-        steps: int = 2,
-        heads: int = 4,
-        mode: Literal["local", "global"] = "local",
+        stage: StageSettings = StageSettings(),  # noqa: B008 -- frozen: one immutable default
         sampling: Sampling = "fps",
-        self_attention_blocks: int = 0,
-        clustering_norm: bool = False,
-        pos_encoding: bool = True,
-        normalize_offsets: bool = False,
-        ffn_ratio: float = 2.0,
-        dropout: float = 0.0,
-        layer_scale: float | None = 1e-3,
-        init_layers: int = 1,
-        init_norm: InitNorm = "batch",
-        recompute: bool = False,
     ) -> None:
         super().__init__()
         if len(num_centroids) != len(widths) or not widths:
@@ -339,16 +348,12 @@ class CentroidBackbone(nn.Module):
         self.channels = [stem_width, *widths]
         self.out_channels = widths[-1]
         self.stem = nn.Sequential(
-            nn.Linear(3 + in_channels, stem_width), nn.LayerNorm(stem_width), nn.ReLU(), nn.Linear(stem_width, stem_width)
+            nn.Linear(3 + in_channels, stem_width), nn.LayerNorm(stem_width), nn.ReLU(),
+            nn.Linear(stem_width, stem_width),
         )
-        shared = dict(k=k, k_attn=k_attn, steps=steps, heads=heads, mode=mode,
-                      self_attention_blocks=self_attention_blocks, clustering_norm=clustering_norm,
-                      pos_encoding=pos_encoding, normalize_offsets=normalize_offsets, ffn_ratio=ffn_ratio,
-                      dropout=dropout, layer_scale=layer_scale, init_layers=init_layers, init_norm=init_norm,
-                      recompute=recompute)  # fmt: skip
         later = "prefix" if sampling == "fps" else sampling  # stage s > 1: the prefix of stage 1's FPS order
         self.stages = nn.ModuleList(
-            CentroidStage(c_in, c_out, m, sampling=sampling if s == 0 else later, **shared)
+            CentroidStage(c_in, c_out, m, stage, sampling if s == 0 else later)
             for s, (c_in, c_out, m) in enumerate(zip(self.channels[:-1], widths, num_centroids))
         )
 

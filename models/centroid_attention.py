@@ -28,8 +28,6 @@ Shapes:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,32 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.csr import Pattern, csr_local_attention, sparse_kernels, use_sparse
 from models.ops import flat_index, gather
-from models.pairs import chunk_rows, local_attention
+from models.pairs import KERNELS, Kernel, PairIndex, local_attention
 
 Mode = Literal["local", "global"]
-#: Open counters of :func:`pair_flop_counter` (innermost last).
-_PAIR_FLOP_COUNTERS: list[list[int]] = []
-
-
-@contextmanager
-def pair_flop_counter() -> Iterator[list[int]]:
-    """Count the FLOPs (2 × MACs) of the fast path's per-pair products inside the block: ``[total]``.
-
-    They are broadcast multiplies summed over an axis, which ``torch.utils.flop_counter`` (matmuls only)
-    does not see; ``models.flops.count_flops`` (per stage) and the benchmark add them, so that every attention
-    product is counted. Inside, the local attention runs on gathered keys (``_fast_pairs``) rather than its
-    sparse or chunked kernels: the counter would count sparse products as dense, and it misses the chunked
-    kernels' in-place ``baddbmm_`` (the q̃·r term).
-    """
-    counter = [0]
-    _PAIR_FLOP_COUNTERS.append(counter)
-    try:
-        with sparse_kernels(False):
-            yield counter
-    finally:
-        _PAIR_FLOP_COUNTERS.remove(counter)
+#: How a step runs: ``"reference"``, the plain path written from the formula, or one of the per-pair kernels of
+#: ``models.pairs`` (``"auto"``: chosen from the device, docs/operator.md §7).
+AttentionKernel = Literal["reference", Kernel]
 
 
 @dataclass
@@ -71,9 +50,11 @@ class KeyValues:
 
     ``key``/``value``: the projected inputs ``[B, N, C]``, shared by every centroid (global mode, ``index``
     ``None``) or indexed per centroid (local mode: ``index [B, M, K]`` long gives each centroid's K inputs;
-    the fast path reads them through the index and never keeps a gathered copy). ``rel``: the hidden layer ``r_ij = ReLU(W_1 (p_j − p_i) + b_1)`` of the relative-position code,
+    the fast path reads them through the index and never keeps a gathered copy). ``rel``: the hidden layer
+    ``r_ij = ReLU(W_1 (p_j − p_i) + b_1)`` of the relative-position code,
     ``[B, M, K|N, e]``, or ``None`` without position code. The code's last layer ``δ_ij = W_2 r_ij + b_2`` is
-    never built per pair on the fast path (see :meth:`CentroidAttention.attend`).
+    never built per pair on the fast path (see :meth:`CentroidAttention.attend`). ``pairs``: ``index`` into the
+    flattened B·N inputs (local mode), with what the kernels derive from it, shared by the T steps.
     """
 
     key: Tensor
@@ -81,7 +62,7 @@ class KeyValues:
     rel: Tensor | None
     index: Tensor | None
     num_inputs: int
-    pattern: Pattern | None = None  # the sparse attention pattern of ``index`` (CPU path), built by the first step
+    pairs: PairIndex | None = None
 
 
 class CentroidAttention(nn.Module):
@@ -93,13 +74,16 @@ class CentroidAttention(nn.Module):
         mode: ``"local"`` (each centroid attends to its K gathered neighbours) or ``"global"`` (all N).
         pos_encoding: add ``δ_ij = MLP(p_j − p_i)`` to keys and values (docs/operator.md §2).
         clustering_norm: normalise over centroids first, then over inputs (docs/operator.md §1 choice).
-        reference: use the plain path written from the formula (``k_ij + δ_ij`` built per pair, einsum and
-            softmax) instead of the fast path; both are kept and tested against each other.
-        dropout: dropout on the attention weights (training only).
+        dropout: dropout on the attention weights (training only; local mode then runs the gathered kernel).
         kv_dim: width of the inputs x (default ``dim``): centroids and inputs may differ in width.
         max_rows: the fast path processes at most this many centroids (B·M rows) per batched matmul
             (``None``: all at once). GPU kernels limit a launch's batch dimension (B·M > 65 535 broke the
             per-centroid SDPA call); chunking keeps every launch under any such limit.
+        kernel: ``"reference"``, the plain path written from the formula (``k_ij + δ_ij`` built per pair,
+            einsum and softmax), or the local attention's per-pair kernel (``models.pairs``: ``"auto"``, or
+            ``"gathered"``, pure torch ops that ``torch.export`` and ONNX trace, ``"chunked"``, ``"csr"``,
+            ``"triton"``); all are kept and tested against each other. Global mode runs batched matmuls or
+            SDPA whatever the kernel but ``"reference"``.
 
     Shapes: see the module docstring.
     """
@@ -111,10 +95,10 @@ class CentroidAttention(nn.Module):
         mode: Mode = "local",
         pos_encoding: bool = True,
         clustering_norm: bool = False,
-        reference: bool = False,
         dropout: float = 0.0,
         kv_dim: int | None = None,
         max_rows: int | None = 32768,
+        kernel: AttentionKernel = "auto",
     ) -> None:
         super().__init__()
         if dim % heads != 0:
@@ -123,10 +107,12 @@ class CentroidAttention(nn.Module):
             raise ValueError(f"mode must be 'local' or 'global', got {mode!r}")
         if max_rows is not None and max_rows < 1:
             raise ValueError(f"max_rows={max_rows} must be at least 1 (or None)")
+        if kernel != "reference" and kernel not in KERNELS:
+            raise ValueError(f"unknown attention kernel {kernel!r}: use 'reference' or one of {', '.join(KERNELS)}")
         kv_dim = dim if kv_dim is None else kv_dim
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
-        self.mode, self.clustering_norm, self.reference, self.dropout = mode, clustering_norm, reference, dropout
-        self.max_rows = max_rows
+        self.mode, self.clustering_norm, self.dropout = mode, clustering_norm, dropout
+        self.max_rows, self.kernel = max_rows, kernel
         self.to_q = nn.Linear(dim, dim)
         self.to_k = nn.Linear(kv_dim, dim)
         self.to_v = nn.Linear(kv_dim, dim)
@@ -135,13 +121,15 @@ class CentroidAttention(nn.Module):
         # added to keys and values. Only its hidden layer runs on the M·K pairs; the last layer is moved out
         # of the pairs exactly (see `attend`).
         self.pos_mlp = (
-            nn.Sequential(nn.Linear(3, self.head_dim), nn.ReLU(), nn.Linear(self.head_dim, dim)) if pos_encoding else None
+            nn.Sequential(nn.Linear(3, self.head_dim), nn.ReLU(), nn.Linear(self.head_dim, dim))
+            if pos_encoding
+            else None
         )
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, heads={self.heads}, mode={self.mode}, pos_encoding={self.pos_mlp is not None}, "
-            f"clustering_norm={self.clustering_norm}, reference={self.reference}"
+            f"clustering_norm={self.clustering_norm}, kernel={self.kernel}"
         )
 
     # -- keys and values (fixed across the T steps) -------------------------------------------------
@@ -171,7 +159,8 @@ class CentroidAttention(nn.Module):
                 others = pos_x.unsqueeze(1) if index is None else gather(pos_x, index)  # (B, 1|M, N|K, 3)
                 rel_pos = others - pos_u.unsqueeze(2)  # p_j − p_i, (B, M, K|N, 3)
             rel = self.pos_mlp[1](self.pos_mlp[0](rel_pos))  # r_ij, (B, M, K|N, e)
-        return KeyValues(k, v, rel, index, N)
+        pairs = None if index is None else PairIndex(flat_index(index, N).reshape(B * index.shape[1], -1), B * N)
+        return KeyValues(k, v, rel, index, N, pairs)
 
     # -- one attention step ---------------------------------------------------------------------------
     def attend(
@@ -193,9 +182,11 @@ class CentroidAttention(nn.Module):
         B, M, _ = u.shape
         q = self.to_q(u).view(B, M, self.heads, self.head_dim)  # (B, M, h, d)
         p = self.dropout if self.training else 0.0
-        if self.reference or self.clustering_norm:
+        if self.kernel == "reference" or self.clustering_norm:  # clustering_norm: a formula of its own
             out, weights = self._manual(q, kv, p)
-        elif kv.index is None and kv.rel is None and not need_weights:
+        elif kv.pairs is not None:
+            out, weights = self._local(q, kv, p)
+        elif kv.rel is None and not need_weights:
             out, weights = self._sdpa(q, kv, p), None
         else:
             out, weights = self._fast(q, kv, p)
@@ -220,83 +211,31 @@ class CentroidAttention(nn.Module):
         out = F.scaled_dot_product_attention(q.transpose(1, 2), key, value, dropout_p=p)  # (B, h, M, d)
         return out.transpose(1, 2)
 
-    def _fast(self, q: Tensor, kv: KeyValues, p: float) -> tuple[Tensor, Tensor]:
-        """The factorised position code with batched matmuls, chunked over centroids; ``[B, M, h, d]`` + weights."""
+    def _local(self, q: Tensor, kv: KeyValues, p: float) -> tuple[Tensor, Tensor]:
+        """Per-centroid keys: :func:`models.pairs.local_attention` on the B·M rows, with the kernel asked for;
+        returns ``[B, M, h, d]`` and the weights ``[B, h, M, K]``."""
         B, M, h, d = q.shape
-        if kv.index is None:  # shared keys: centroids are independent given them, chunk along M
-            chunk = M if self.max_rows is None else max(1, self.max_rows // B)
-            if M <= chunk:
-                return self._fast_rows(q, kv.key, kv.value, kv.rel, p)
-            parts = [self._fast_rows(q[:, s : s + chunk], kv.key, kv.value, None if kv.rel is None else
-                                     kv.rel[:, s : s + chunk], p) for s in range(0, M, chunk)]  # fmt: skip
-        else:  # per-centroid keys: flatten B·M into rows
-            K = kv.index.shape[2]
-            rows, chunk = B * M, B * M if self.max_rows is None else self.max_rows
-            qf = q.reshape(rows, h, d)
-            rf = None if kv.rel is None else kv.rel.reshape(rows, K, -1)
-            if p == 0:
-                out, weights = self._fused_pairs(qf, kv, rf)
-                return out.view(B, M, h, d), weights.reshape(B, M, K, h).permute(0, 3, 1, 2)
-            kf, vf = gather(kv.key, kv.index).view(rows, K, h, d), gather(kv.value, kv.index).view(rows, K, h, d)
-            if rows <= chunk:  # one launch: no slicing (a slice's backward would copy the whole gradient)
-                parts = [self._fast_pairs(qf, kf, vf, rf, p)]
-            else:
-                parts = [self._fast_pairs(qf[s : s + chunk], kf[s : s + chunk], vf[s : s + chunk],
-                                          None if rf is None else rf[s : s + chunk], p) for s in range(0, rows, chunk)]  # fmt: skip
-            out = torch.cat([o for o, _ in parts]).view(B, M, h, d)
-            return out, torch.cat([w for _, w in parts]).view(B, M, K, h).permute(0, 3, 1, 2)  # (B, h, M, K)
+        K = kv.index.shape[2]
+        position = (None,) * 3
+        if kv.rel is not None:  # the code's last layer W_2, b_2 per head: (h, d, e), (h, d)
+            last = self.pos_mlp[2]
+            position = (kv.rel.reshape(B * M, K, -1), last.weight.view(h, d, -1), last.bias.view(h, d))
+        out, weights = local_attention(
+            q.reshape(B * M, h, d), kv.key.reshape(-1, h, d), kv.value.reshape(-1, h, d), kv.pairs, d**-0.5,
+            *position, kernel=self.kernel, dropout=p, max_rows=self.max_rows,
+        )  # fmt: skip
+        return out.view(B, M, h, d), weights.reshape(B, M, K, h).permute(0, 3, 1, 2)
+
+    def _fast(self, q: Tensor, kv: KeyValues, p: float) -> tuple[Tensor, Tensor]:
+        """Shared keys (global mode), chunked along the M centroids; ``[B, M, h, d]`` + weights ``[B, h, M, N]``."""
+        B, M, h, d = q.shape
+        chunk = M if self.max_rows is None else max(1, self.max_rows // B)
+        if M <= chunk:
+            return self._fast_rows(q, kv.key, kv.value, kv.rel, p)
+        parts = [self._fast_rows(q[:, s : s + chunk], kv.key, kv.value, None if kv.rel is None else
+                                 kv.rel[:, s : s + chunk], p) for s in range(0, M, chunk)]  # fmt: skip
         out = torch.cat([o for o, _ in parts], dim=1).view(B, M, h, d)
         return out, torch.cat([w for _, w in parts], dim=2)
-
-    def _fused_pairs(self, q: Tensor, kv: KeyValues, rel: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Per-centroid keys without dropout: sparse products on CPU (``models.csr``), the chunked function of
-        ``models.pairs`` on accelerators and under ``torch.compile``; neither keeps a gathered copy.
-        q ``[R, h, d]`` with R = B·M, rel ``[R, K, e]`` → ``[R, h, d]`` and the weights ``[R, K, h]``.
-        """
-        (B, N, C), (R, h, d), K = kv.key.shape, q.shape, kv.index.shape[2]
-        if _PAIR_FLOP_COUNTERS:  # counting FLOPs: the gathered path, whose products the counter sees or adds
-            key, value = gather(kv.key, kv.index).view(R, K, h, d), gather(kv.value, kv.index).view(R, K, h, d)
-            return self._fast_pairs(q, key, value, rel, 0.0)
-        w2 = q_rel = None
-        if rel is not None:
-            w2 = self.pos_mlp[2].weight.view(h, d, -1)  # W_2^h, (h, d, e)
-            q_rel = torch.einsum("rhd,hde->reh", q, w2)  # W_2^hᵀ q_i^h, (R, e, h)
-        key, value = kv.key.reshape(B * N, h, d), kv.value.reshape(B * N, h, d)
-        if use_sparse(q.device):
-            if kv.pattern is None:  # once per stage: the T steps share it
-                kv.pattern = Pattern(flat_index(kv.index, N).reshape(R, K), B * N, h)
-            out, mixed, weights = csr_local_attention(q, key, value, kv.pattern, d**-0.5, q_rel, rel)
-        else:
-            index = flat_index(kv.index, N).reshape(R, K)  # into the flattened B·N inputs
-            chunk = chunk_rows(R, K * C, q.device, self.max_rows)
-            out, mixed, weights = local_attention(q, key, value, index, d**-0.5, chunk, q_rel, rel)
-        if rel is not None:  # + W_2^h Σ_j a_ij r_ij + b_2^h (the weights sum to 1)
-            out = out + torch.einsum("rhe,hde->rhd", mixed, w2) + self.pos_mlp[2].bias.view(h, d)
-        return out, weights
-
-    def _fast_pairs(self, q: Tensor, key: Tensor, value: Tensor, rel: Tensor | None, p: float) -> tuple[Tensor, Tensor]:
-        """Per-centroid keys with attention dropout: R rows of one query on K gathered keys each. q ``[R, h, d]``, key/value ``[R, K, h, d]``,
-        rel ``[R, K, e]`` → ``[R, h, d]`` and the weights ``[R, K, h]``.
-
-        The key/value products are broadcast multiplies summed over d (resp. K), which read the gathered
-        tensors in place (a batched matmul of 1 × d by d × K problems would first copy them into its layout).
-        """
-        h, d = self.heads, self.head_dim
-        if _PAIR_FLOP_COUNTERS:  # q·k and Σ a v: R·K·C multiply-accumulates each
-            _PAIR_FLOP_COUNTERS[-1][0] += 2 * 2 * key.numel()
-        logits = (key * q.unsqueeze(1)).sum(-1)  # q_i^h · k_j^h, (R, K, h)
-        if rel is not None:
-            w2 = self.pos_mlp[2].weight.view(h, d, -1)  # W_2^h, (h, d, e)
-            q_rel = torch.einsum("rhd,hde->reh", q, w2)  # W_2^hᵀ q_i^h, (R, e, h)
-            logits = logits + rel @ q_rel  # + (W_2^hᵀ q_i^h) · r_ij, (R, K, h)
-        weights = (logits * d**-0.5).softmax(dim=1)  # a_ij: softmax over the inputs j (docs/operator.md §1)
-        dropped = F.dropout(weights, p) if p > 0 else weights
-        out = (value * dropped.unsqueeze(-1)).sum(1)  # Σ_j a_ij v_j^h, (R, h, d)
-        if rel is not None:
-            mixed = dropped.transpose(1, 2) @ rel  # Σ_j a_ij r_ij, (R, h, e)
-            total = dropped.sum(1).unsqueeze(-1) if p > 0 else 1.0  # Σ_j a_ij, (R, h, 1)
-            out = out + torch.einsum("rhe,hde->rhd", mixed, w2) + self.pos_mlp[2].bias.view(h, d) * total
-        return out, weights
 
     def _fast_rows(self, q: Tensor, key: Tensor, value: Tensor, rel: Tensor | None, p: float) -> tuple[Tensor, Tensor]:
         """Shared keys (global mode): Q queries of each of R = B clouds on its J = N keys, with batched matmuls.
@@ -406,7 +345,9 @@ class FeedForward(nn.Sequential):
     """
 
     def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+        super().__init__(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+        )
 
     def forward(self, x: Tensor, gain: Tensor | None = None) -> Tensor:
         hidden = self[2](self[1](self[0](x)))
@@ -427,7 +368,7 @@ class CentroidAttentionBlock(nn.Module):
     leaves them out (γ = 1).
 
     Args:
-        dim, heads, mode, pos_encoding, clustering_norm, reference, dropout, kv_dim: as in
+        dim, heads, mode, pos_encoding, clustering_norm, dropout, kv_dim, kernel: as in
             :class:`CentroidAttention`.
         steps: T, the number of unrolled steps (docs/operator.md §1 choice: default 2).
         ffn_ratio: hidden width of the feed-forward network as a multiple of ``dim``.
@@ -447,10 +388,10 @@ class CentroidAttentionBlock(nn.Module):
         mode: Mode = "local",
         pos_encoding: bool = True,
         clustering_norm: bool = False,
-        reference: bool = False,
         dropout: float = 0.0,
         kv_dim: int | None = None,
         layer_scale: float | None = None,
+        kernel: AttentionKernel = "auto",
     ) -> None:
         super().__init__()
         if steps < 1:
@@ -458,7 +399,7 @@ class CentroidAttentionBlock(nn.Module):
         self.steps = steps
         self.norm_u = nn.LayerNorm(dim)
         self.norm_x = nn.LayerNorm(dim if kv_dim is None else kv_dim)
-        self.attn = CentroidAttention(dim, heads, mode, pos_encoding, clustering_norm, reference, dropout, kv_dim)
+        self.attn = CentroidAttention(dim, heads, mode, pos_encoding, clustering_norm, dropout, kv_dim, kernel=kernel)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, round(dim * ffn_ratio), dropout)
         self.gamma_attn = self.gamma_ffn = None
@@ -479,7 +420,8 @@ class CentroidAttentionBlock(nn.Module):
         return_attention: bool = False,
         rel_pos: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """``rel_pos`` ``[B, M, K, 3]``: precomputed offsets ``p_j − p_i`` (see :meth:`CentroidAttention.keys_values`)."""
+        """``rel_pos`` ``[B, M, K, 3]``: precomputed offsets ``p_j − p_i``
+        (see :meth:`CentroidAttention.keys_values`)."""
         kv = self.attn.keys_values(self.norm_x(x), pos_u, pos_x, neighbors, rel_pos)  # inputs fixed across steps
         weights = None
         for t in range(self.steps):  # the same modules every step: the unrolled optimiser (docs/operator.md §1)

@@ -3,28 +3,45 @@
 Counted with ``torch.utils.flop_counter.FlopCounterMode``: matrix products (``Linear``, ``einsum``/``bmm``,
 ``scaled_dot_product_attention``, forced onto its math kernel so that CPU runs count it too) are counted,
 as ``2 × multiply-accumulates`` (the paper reports MACs = FLOPs / 2). Gathers, top-k, element-wise ops,
-normalisation and the kNN/FPS neighbour search are NOT counted. The local attention's per-pair products
-(``q·k`` and ``Σ a v``, R·K·C multiply-accumulates each) are broadcast multiplies the counter does not see:
-``models.centroid_attention.pair_flop_counter`` adds them to the stage that runs them (and keeps the sparse
-CPU kernels off, whose products the counter would count as dense).
+normalisation and the kNN/FPS neighbour search are NOT counted. While counting, the per-pair work runs on the
+``"gathered"`` kernel (:func:`gathered_kernels`): its products (the local attention's ``q·k`` and ``Σ a v``,
+R·K·C multiply-accumulates each) are einsums the counter sees, where the sparse CPU kernels would be counted
+as dense products and the chunked and Triton kernels are custom operators the counter does not look into.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.backbone import CentroidBackbone
-from models.centroid_attention import pair_flop_counter
+from models.backbone import CentroidBackbone, KNNInit
+from models.centroid_attention import CentroidAttention
 
 
 def count_parameters(module: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@contextmanager
+def gathered_kernels(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` with the per-pair work of its attention steps and KNN initialisations on the ``"gathered"``
+    kernel (``models.pairs``) inside the block, each module's own kernel given back after; a ``"reference"``
+    attention, whose products the counter sees already, is left as it is."""
+    modules = [m for m in model.modules() if isinstance(m, (CentroidAttention, KNNInit)) and m.kernel != "reference"]
+    kernels = [m.kernel for m in modules]
+    for m in modules:
+        m.kernel = "gathered"
+    try:
+        yield model
+    finally:
+        for m, kernel in zip(modules, kernels):
+            m.kernel = kernel
 
 
 class _BackboneAndHead(nn.Module):
@@ -39,7 +56,7 @@ class _BackboneAndHead(nn.Module):
         if self.head is None:
             return
         # The one head contract (models/heads.py): head(out), plus the category for category-conditioned heads.
-        conditioned = getattr(self.head, "num_categories", 0) > 0
+        conditioned = self.head.num_categories > 0
         category = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
         self.head(out, category) if conditioned else self.head(out)
 
@@ -65,25 +82,12 @@ def count_flops(
     model = _BackboneAndHead(backbone, head)
     modes = [m.training for m in model.modules()]
     model.eval()
-    pair_flops = [0] * len(backbone.stages)  # the local attention's per-pair products, per stage
-    with pair_flop_counter() as pairs:
-
-        def track(s: int, sign: int) -> Callable[..., None]:  # stage s: pair total after its forward − before
-            def hook(*_: object) -> None:
-                pair_flops[s] += sign * pairs[0]
-
-            return hook
-
-        hooks = [h for s, stage in enumerate(backbone.stages)
-                 for h in (stage.register_forward_pre_hook(track(s, -1)), stage.register_forward_hook(track(s, 1)))]  # fmt: skip
-        try:
-            with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-                model(pos, x)
-        finally:
-            for h in hooks:
-                h.remove()
-            for m, mode in zip(model.modules(), modes):
-                m.training = mode
+    try:
+        with gathered_kernels(model), FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+            model(pos, x)
+    finally:
+        for m, mode in zip(model.modules(), modes):
+            m.training = mode
     per_module = counter.get_flop_counts()  # keyed by module path: "_BackboneAndHead.backbone.stages.0"
 
     def flops_of(path: str) -> int:
@@ -91,7 +95,7 @@ def count_flops(
 
     result = {"stem": flops_of("backbone.stem")}
     for s in range(len(backbone.stages)):
-        result[f"stage_{s + 1}"] = flops_of(f"backbone.stages.{s}") + pair_flops[s]
+        result[f"stage_{s + 1}"] = flops_of(f"backbone.stages.{s}")
     if head is not None:
         result["head"] = flops_of("head")
     result["total"] = sum(result.values())

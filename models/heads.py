@@ -29,9 +29,16 @@ class ClassificationHead(nn.Module):
 
     Shapes: out :class:`BackboneOutput` whose last stage has feat ``[B, M, in_channels]`` → logits
     ``[B, num_classes]``. :meth:`classify` does the same on any feature set ``[B, M, in_channels]``.
+
+    Attributes:
+        num_categories: 0, the object categories the head is conditioned on (none; as :class:`SegmentationHead`).
     """
 
-    def __init__(self, in_channels: int, num_classes: int, hidden: list[int] = [512, 256], dropout: float = 0.5) -> None:  # noqa: B006
+    num_categories = 0
+
+    def __init__(
+        self, in_channels: int, num_classes: int, hidden: list[int] = [512, 256], dropout: float = 0.5  # noqa: B006
+    ) -> None:
         super().__init__()
         dims = [2 * in_channels, *hidden]
         self.mlp = nn.Sequential(*(_mlp_layer(a, b, dropout) for a, b in zip(dims[:-1], dims[1:])))

@@ -33,7 +33,7 @@ def tiny_args(data_root: Path, *, epochs: int = 2, csv: bool = True) -> list[str
         "--model.init_args.backbone.init_args.stem_width", "16",
         "--model.init_args.backbone.init_args.num_centroids", "[32, 8]",
         "--model.init_args.backbone.init_args.widths", "[32, 64]",
-        "--model.init_args.backbone.init_args.k", "8",
+        "--model.init_args.backbone.init_args.stage.k", "8",
     ]  # fmt: skip
     if csv:
         args += ["--config", str(REPO / "configs" / "logger" / "csv.yaml")]

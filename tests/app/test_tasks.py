@@ -21,14 +21,15 @@ from torch.utils.data import DataLoader
 from app import callbacks
 from app.cli import build_from_config, make_cli
 from app.tasks import VOTE_SCALE, VOTE_TRANSLATE, ClassificationTask, SegmentationTask, checkpoint_kind, vote_transforms
-from models.backbone import CentroidBackbone
+from models.backbone import CentroidBackbone, StageSettings
 from tests.app.conftest import DEMO, REPO, tiny_args
 
 PART_MASK = [[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]]  # category 0 owns parts {0, 1}, category 1 owns {2, 3, 4}
 
 
 def _backbone(in_channels: int = 0) -> CentroidBackbone:
-    return CentroidBackbone(in_channels=in_channels, stem_width=16, num_centroids=[16, 4], widths=[16, 32], k=4)
+    return CentroidBackbone(in_channels=in_channels, stem_width=16, num_centroids=[16, 4], widths=[16, 32],
+                            stage=StageSettings(k=4))  # fmt: skip
 
 
 def _clouds(n: int, points: int = 32, num_classes: int = 3, seed: int = 0) -> list[dict[str, Tensor]]:
@@ -249,7 +250,8 @@ def test_compile_runs_the_backbone_compiled_once_and_keeps_the_checkpoint_keys(t
 
     monkeypatch.setattr(torch, "compile", compile_)
     torch.manual_seed(0)
-    backbone = CentroidBackbone(stem_width=16, num_centroids=[16, 4], widths=[16, 32], k=4, sampling="prefix")
+    backbone = CentroidBackbone(stem_width=16, num_centroids=[16, 4], widths=[16, 32], stage=StageSettings(k=4),
+                                sampling="prefix")  # fmt: skip
     task = ClassificationTask(backbone, num_classes=3, compile=True)
     keys = set(task.state_dict())
     loader = DataLoader(_clouds(4), batch_size=2)

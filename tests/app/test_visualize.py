@@ -29,7 +29,7 @@ def tiny_config(tmp_path_factory) -> str:
         "--data.init_args.generator.train_per_class", "1", "--data.init_args.generator.val_per_class", "1",
         "--data.init_args.generator.test_per_class", "1", "--data.init_args.generator.points", "512",
         "--model.init_args.backbone.init_args.num_centroids", "[64, 16, 4]",
-        "--model.init_args.backbone.init_args.k", "8",
+        "--model.init_args.backbone.init_args.stage.k", "8",
     ]  # fmt: skip
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):

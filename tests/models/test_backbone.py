@@ -11,12 +11,16 @@ import pytest
 import torch
 
 from datamodules.sampling import fps_order
-from models.backbone import CentroidBackbone, CentroidStage, KNNInit
-from models.csr import sparse_kernels
+from models.backbone import CentroidBackbone, CentroidStage, KNNInit, StageSettings
 from models.heads import ClassificationHead, SegmentationHead
-from models.ops import farthest_point_sample
+from models.ops import TRITON, farthest_point_sample
 
-SMALL = dict(stem_width=16, num_centroids=[32, 16, 8], widths=[16, 24, 32], k=6, heads=2)
+SMALL = dict(stem_width=16, num_centroids=[32, 16, 8], widths=[16, 24, 32])
+
+
+def small(**stage: object) -> dict:
+    """The small backbone's arguments: :data:`SMALL` and stage settings k = 6, 2 heads, updated by ``stage``."""
+    return dict(SMALL, stage=StageSettings(**{"k": 6, "heads": 2, **stage}))
 
 
 def _cloud(b: int, n: int, seed: int, channels: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -28,7 +32,7 @@ def _cloud(b: int, n: int, seed: int, channels: int = 0) -> tuple[torch.Tensor, 
 @pytest.mark.parametrize("mode", ["local", "global"])
 def test_contract_shapes_and_assignments(mode: str) -> None:
     torch.manual_seed(0)
-    net = CentroidBackbone(in_channels=3, mode=mode, k_attn=8, self_attention_blocks=1, **SMALL)
+    net = CentroidBackbone(in_channels=3, **small(mode=mode, k_attn=8, self_attention_blocks=1))
     assert net.out_channels == 32 and net.channels == [16, 16, 24, 32]
     pos, x = _cloud(2, 64, 1, 3)
     out = net.forward_features(pos, x, return_attention=True)
@@ -48,7 +52,7 @@ def test_contract_shapes_and_assignments(mode: str) -> None:
 
 
 def test_centroids_sit_on_their_seeds() -> None:
-    net = CentroidBackbone(**SMALL)
+    net = CentroidBackbone(**small())
     pos, _ = _cloud(2, 64, 2)
     out = net.forward_features(pos)
     prev = pos
@@ -59,7 +63,7 @@ def test_centroids_sit_on_their_seeds() -> None:
 
 def test_local_assignment_reaches_every_input() -> None:
     # few centroids with few neighbours: many inputs lie in no neighbourhood and go to the nearest centroid
-    net = CentroidBackbone(stem_width=8, num_centroids=[4], widths=[8], k=2, heads=2)
+    net = CentroidBackbone(stem_width=8, num_centroids=[4], widths=[8], stage=StageSettings(k=2, heads=2))
     pos, _ = _cloud(1, 40, 3)
     stage = net.forward_features(pos, return_attention=True).stages[0]
     nearest = torch.cdist(pos, stage.pos).argmin(-1)  # (1, 40)
@@ -72,7 +76,7 @@ def test_local_assignment_reaches_every_input() -> None:
 @pytest.mark.parametrize("mode", ["local", "global"])
 def test_point_order_and_batch_order_do_not_matter(mode: str) -> None:
     torch.manual_seed(0)
-    net = CentroidBackbone(in_channels=3, mode=mode, self_attention_blocks=1, **SMALL).eval()
+    net = CentroidBackbone(in_channels=3, **small(mode=mode, self_attention_blocks=1)).eval()
     cls = ClassificationHead(net.out_channels, 5, hidden=[16]).eval()
     seg = SegmentationHead(net.channels, 4, num_categories=3, hidden=16).eval()
     pos, x = _cloud(3, 50, 4, 3)
@@ -96,7 +100,8 @@ def test_point_order_and_batch_order_do_not_matter(mode: str) -> None:
     ids=["N=1", "M=N=k=17", "M=N-then-M=1", "N=17", "M=1,k=N"],
 )
 def test_edge_sizes(n: int, centroids: list[int], k: int) -> None:
-    net = CentroidBackbone(stem_width=8, num_centroids=centroids, widths=[8] * len(centroids), k=k, heads=2)
+    net = CentroidBackbone(stem_width=8, num_centroids=centroids, widths=[8] * len(centroids),
+                           stage=StageSettings(k=k, heads=2))  # fmt: skip
     cls = ClassificationHead(8, 3, hidden=[8])
     seg = SegmentationHead(net.channels, 2, hidden=8)
     pos, _ = _cloud(2, n, 6)
@@ -109,15 +114,15 @@ def test_edge_sizes(n: int, centroids: list[int], k: int) -> None:
 def test_global_mode_and_clustering_norm_run_and_differ() -> None:
     pos, _ = _cloud(2, 40, 7)
     torch.manual_seed(0)
-    a = CentroidBackbone(mode="global", **SMALL)
+    a = CentroidBackbone(**small(mode="global"))
     torch.manual_seed(0)
-    b = CentroidBackbone(mode="global", clustering_norm=True, **SMALL)
+    b = CentroidBackbone(**small(mode="global", clustering_norm=True))
     fa, fb = a(pos[:, :40]), b(pos[:, :40])
     assert torch.isfinite(fb).all() and not torch.allclose(fa, fb)
 
 
 def test_random_sampling_draws_distinct_seeds() -> None:
-    net = CentroidBackbone(sampling="random", **SMALL)
+    net = CentroidBackbone(sampling="random", **small())
     out = net.forward_features(_cloud(2, 64, 8)[0])
     for s in out.stages:
         assert all(len(set(row.tolist())) == row.numel() for row in s.seed_idx)
@@ -127,8 +132,8 @@ def test_random_sampling_draws_distinct_seeds() -> None:
     "kwargs, pos, x, match",
     [
         ({}, torch.rand(2, 20, 3), None, "stage 1: num_centroids=32 is larger than its number of inputs N=20"),
-        ({"num_centroids": [8, 4], "widths": [8, 8], "k": 10}, torch.rand(2, 20, 3), None, "stage 2: k=10"),
-        ({"k_attn": 40}, torch.rand(2, 36, 3), None, "k_attn=40"),
+        ({"num_centroids": [8, 4], "widths": [8, 8], "stage": {"k": 10}}, torch.rand(2, 20, 3), None, "stage 2: k=10"),
+        ({"stage": {"k_attn": 40}}, torch.rand(2, 36, 3), None, "k_attn=40"),
         ({}, torch.full((2, 64, 3), float("nan")), None, "NaN"),
         ({}, torch.rand(64, 3), None, r"\[B, N, 3\]"),
         ({}, torch.rand(2, 64, 2), None, r"\[B, N, 3\]"),
@@ -138,7 +143,7 @@ def test_random_sampling_draws_distinct_seeds() -> None:
     ],
 )
 def test_errors(kwargs: dict, pos: torch.Tensor, x: torch.Tensor | None, match: str) -> None:
-    net = CentroidBackbone(**{**SMALL, **kwargs})
+    net = CentroidBackbone(**{**small(**kwargs.get("stage", {})), **{k: v for k, v in kwargs.items() if k != "stage"}})
     with pytest.raises(ValueError, match=match):
         net.forward_features(pos, x)
 
@@ -149,13 +154,13 @@ def test_constructor_errors() -> None:
     with pytest.raises(ValueError, match="sampling"):
         CentroidBackbone(sampling="grid")
     with pytest.raises(ValueError, match="divisible"):
-        CentroidBackbone(widths=[10, 256, 512], heads=4)
+        CentroidBackbone(widths=[10, 256, 512], stage=StageSettings(heads=4))
 
 
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_gradients_reach_every_parameter(task: str) -> None:
     torch.manual_seed(0)
-    net = CentroidBackbone(in_channels=3, self_attention_blocks=1, **SMALL)
+    net = CentroidBackbone(in_channels=3, **small(self_attention_blocks=1))
     pos, x = _cloud(2, 64, 9, 3)
     if task == "classification":
         head = ClassificationHead(net.out_channels, 4, hidden=[16], dropout=0.0)
@@ -175,7 +180,7 @@ def test_one_local_stage_on_100k_points() -> None:
     Prefix seeds (what the data side's FPS order makes free); the cloud is random, so here they are random.
     """
     torch.manual_seed(0)
-    stage = CentroidStage(16, 32, num_centroids=25_000, k=16, heads=2, sampling="prefix").eval()
+    stage = CentroidStage(16, 32, 25_000, StageSettings(k=16, heads=2), sampling="prefix").eval()
     pos, x = _cloud(1, 100_000, 10, 16)
     start = time.perf_counter()
     with torch.no_grad():
@@ -193,7 +198,7 @@ def test_one_local_stage_on_100k_points() -> None:
 @pytest.mark.parametrize("mode", ["local", "global"])
 def test_cuda_matches_cpu(mode: str) -> None:
     torch.manual_seed(0)
-    net = CentroidBackbone(in_channels=3, mode=mode, **SMALL).eval()
+    net = CentroidBackbone(in_channels=3, **small(mode=mode)).eval()
     head = SegmentationHead(net.channels, 4, hidden=16).eval()
     pos, x = _cloud(2, 64, 11, 3)
     with torch.no_grad():
@@ -212,7 +217,7 @@ def test_cuda_training_step_matches_cpu() -> None:
     results = []
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
-        net = CentroidBackbone(4, layer_scale=0.5, normalize_offsets=True, **SMALL).to(device)
+        net = CentroidBackbone(4, **small(layer_scale=0.5, normalize_offsets=True)).to(device)
         out = net(pos.to(device), x.to(device))
         (out * torch.linspace(-1, 1, out.numel(), device=device).view_as(out)).sum().backward()
         results.append([t.detach().cpu() for t in (out, *(p.grad for p in net.parameters()), *net.buffers())])
@@ -231,8 +236,8 @@ def test_cuda_trains_with_two_million_centroids_in_a_batch() -> None:
     dimension that a per-centroid SDPA call hit. Forward and backward under bf16 autocast run and stay finite."""
     torch.manual_seed(0)
     b, n = 256, 16384
-    net = CentroidBackbone(3, stem_width=16, num_centroids=[n // 2, n // 8, n // 32], widths=[16, 16, 16], k=8,
-                           heads=2, sampling="prefix").cuda()  # fmt: skip
+    net = CentroidBackbone(3, stem_width=16, num_centroids=[n // 2, n // 8, n // 32], widths=[16, 16, 16],
+                           stage=StageSettings(k=8, heads=2), sampling="prefix").cuda()  # fmt: skip
     pos = torch.rand(b, n, 3, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = net(pos, pos)
@@ -245,7 +250,7 @@ def test_prefix_seeds_of_an_fps_ordered_cloud_equal_fps_at_every_stage() -> None
     """FPS's prefix property: one data-side order gives every stage's FPS seeds (started at the same point)."""
     pos, _ = _cloud(3, 256, 30)
     ordered = torch.stack([p[torch.from_numpy(fps_order(p.numpy()))] for p in pos])
-    net = CentroidBackbone(sampling="prefix", **SMALL).eval()
+    net = CentroidBackbone(sampling="prefix", **small()).eval()
     out = net.forward_features(ordered)
     inputs = ordered
     for stage, m in zip(out.stages, SMALL["num_centroids"]):
@@ -261,7 +266,7 @@ def test_prefix_seeds_of_an_fps_ordered_cloud_equal_fps_at_every_stage() -> None
 def test_default_sampling_is_exact_fps_in_stage_one_and_its_prefixes_after() -> None:
     """sampling="fps": stage 1 runs the model's exact FPS, later stages take prefixes, which equal their own FPS."""
     pos, _ = _cloud(3, 256, 31)
-    net = CentroidBackbone(**SMALL).eval()
+    net = CentroidBackbone(**small()).eval()
     assert [s.sampling for s in net.stages] == ["fps", "prefix", "prefix"]
     out = net.forward_features(pos)
     assert torch.equal(out.stages[0].seed_idx, farthest_point_sample(pos, 32, method="exact"))
@@ -274,14 +279,14 @@ def test_default_sampling_is_exact_fps_in_stage_one_and_its_prefixes_after() -> 
 
 def test_default_sampling_gives_the_same_features_for_any_point_order() -> None:
     pos, _ = _cloud(2, 256, 32)
-    net = CentroidBackbone(layer_scale=0.1, **SMALL).eval()
+    net = CentroidBackbone(**small(layer_scale=0.1)).eval()
     sorted_x = pos.gather(1, pos[..., :1].argsort(1).expand(-1, -1, 3))  # sorted along x
     shuffled = pos[:, torch.randperm(256, generator=torch.Generator().manual_seed(0))]
     with torch.no_grad():
         ref = net(pos)
         for other in (sorted_x, shuffled):
             torch.testing.assert_close(net(other), ref, rtol=0, atol=1e-5)
-        prefix = CentroidBackbone(layer_scale=0.1, sampling="prefix", **SMALL).eval()
+        prefix = CentroidBackbone(sampling="prefix", **small(layer_scale=0.1)).eval()
         prefix.load_state_dict(net.state_dict())
         assert (prefix(sorted_x) - ref).abs().max() > 1e-2  # the prefix contract broken: other seeds
 
@@ -290,16 +295,16 @@ def test_normalized_offsets_make_a_stage_scale_invariant() -> None:
     torch.manual_seed(0)
     pos, x = _cloud(2, 64, 31, 8)
     for mode in ("local", "global"):
-        stage = CentroidStage(8, 16, 16, k=6, heads=2, mode=mode, normalize_offsets=True).eval()
+        stage = CentroidStage(8, 16, 16, StageSettings(k=6, heads=2, mode=mode, normalize_offsets=True)).eval()
         torch.testing.assert_close(stage(pos * 7.0, x).feat, stage(pos, x).feat, rtol=1e-4, atol=1e-5)
-        plain = CentroidStage(8, 16, 16, k=6, heads=2, mode=mode).eval()
+        plain = CentroidStage(8, 16, 16, StageSettings(k=6, heads=2, mode=mode)).eval()
         assert not torch.allclose(plain(pos * 7.0, x).feat, plain(pos, x).feat, atol=1e-3)
 
 
 @pytest.mark.parametrize("mode", ["local", "global"])
 def test_backbone_trains_under_bf16_autocast_on_cpu(mode: str) -> None:
     torch.manual_seed(0)
-    net = CentroidBackbone(mode=mode, sampling="prefix", layer_scale=0.1, normalize_offsets=True, **SMALL)
+    net = CentroidBackbone(sampling="prefix", **small(mode=mode, layer_scale=0.1, normalize_offsets=True))
     head = ClassificationHead(net.out_channels, 5)
     pos, _ = _cloud(2, 64, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -317,7 +322,7 @@ def test_pure_half_precision_model_trains_and_infers_like_float32(dtype: torch.d
     positions
     (the fused pool returned float32 before: a dtype mismatch at the next linear map)."""
     torch.manual_seed(0)
-    half = CentroidBackbone(sampling="prefix", layer_scale=0.1, **SMALL).to(dtype)
+    half = CentroidBackbone(sampling="prefix", **small(layer_scale=0.1)).to(dtype)
     net = copy.deepcopy(half).float()  # the same (rounded) weights
     pos = torch.rand(2, 64, 3).to(dtype)
 
@@ -344,7 +349,7 @@ def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
     ``aot_eager`` traces forward and backward without generating kernels, so this runs in seconds on CPU.
     """
     torch.manual_seed(0)
-    net = CentroidBackbone(sampling="prefix", layer_scale=0.1, normalize_offsets=True, **SMALL)
+    net = CentroidBackbone(sampling="prefix", **small(layer_scale=0.1, normalize_offsets=True))
     head = ClassificationHead(net.out_channels, 5)
     net.eval(), head.eval()  # no dropout: eager and compiled must agree exactly
 
@@ -390,7 +395,8 @@ def test_recomputed_stage_gives_the_same_output_and_gradients() -> None:
     grads = []
     for recompute in (False, True):
         torch.manual_seed(0)
-        stage = CentroidStage(8, 16, 16, k=6, heads=2, dropout=0.2, recompute=recompute)  # dropout: same RNG replayed
+        # dropout: the same RNG replayed
+        stage = CentroidStage(8, 16, 16, StageSettings(k=6, heads=2, dropout=0.2, recompute=recompute))
         out = stage(pos, x).feat
         out.square().sum().backward()
         grads.append((out.detach(), [p.grad.clone() for p in stage.parameters()]))
@@ -407,7 +413,7 @@ def test_recompute_updates_the_running_statistics_once(layers: int) -> None:
     buffers = []
     for recompute in (False, True):
         torch.manual_seed(0)
-        stage = CentroidStage(8, 16, 16, k=6, heads=2, init_layers=layers, recompute=recompute)
+        stage = CentroidStage(8, 16, 16, StageSettings(k=6, heads=2, init_layers=layers, recompute=recompute))
         stage(pos, x).feat.square().sum().backward()
         buffers.append(list(stage.buffers()))
     assert len(buffers[0]) == 3 * layers and int(buffers[1][2]) == 1
@@ -423,7 +429,7 @@ def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval(la
     outs = {}
     for norm in ("layer", "batch"):
         torch.manual_seed(0)
-        net = CentroidBackbone(**SMALL, init_norm=norm, init_layers=layers)
+        net = CentroidBackbone(**small(init_norm=norm, init_layers=layers))
         outs[norm] = net(pos)
         assert outs[norm].shape == (3, 8, 32) and torch.isfinite(outs[norm]).all()
     assert not torch.allclose(outs["layer"], outs["batch"])
@@ -451,7 +457,8 @@ def test_sync_batch_norm_on_one_process_is_the_batch_norm(layers: int) -> None:
     nbr = torch.randint(0, 30, (2, 7, 4))
     outs = [init(x, points, centres, nbr) for init in (plain, synced)]
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
-    grads = [torch.autograd.grad(out.square().sum(), list(init.parameters())) for out, init in zip(outs, (plain, synced))]
+    grads = [torch.autograd.grad(out.square().sum(), list(init.parameters()))
+             for out, init in zip(outs, (plain, synced))]  # fmt: skip
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for a, b in zip(plain.buffers(), synced.buffers(), strict=True):
@@ -459,20 +466,21 @@ def test_sync_batch_norm_on_one_process_is_the_batch_norm(layers: int) -> None:
     assert int(synced.norm.num_batches_tracked) == 1
     plain.eval(), synced.eval()
     with torch.no_grad():
-        torch.testing.assert_close(synced(x, points, centres, nbr), plain(x, points, centres, nbr), rtol=1e-12, atol=1e-12)
+        want = plain(x, points, centres, nbr)
+        torch.testing.assert_close(synced(x, points, centres, nbr), want, rtol=1e-12, atol=1e-12)
 
 
 def test_knn_init_defaults_to_batch_norm() -> None:
-    net = CentroidBackbone(**SMALL)
+    net = CentroidBackbone(**small())
     assert all(isinstance(stage.init.norm, torch.nn.BatchNorm1d) for stage in net.stages)
-    assert isinstance(CentroidBackbone(**SMALL, init_norm="layer").stages[0].init.norm, torch.nn.LayerNorm)
+    assert isinstance(CentroidBackbone(**small(init_norm="layer")).stages[0].init.norm, torch.nn.LayerNorm)
 
 
 def test_init_options_are_validated() -> None:
     with pytest.raises(ValueError, match="norm='group'"):
-        CentroidBackbone(**SMALL, init_norm="group")
+        CentroidBackbone(**small(init_norm="group"))
     with pytest.raises(ValueError, match="layers=3"):
-        CentroidBackbone(**SMALL, init_layers=3)
+        CentroidBackbone(**small(init_layers=3))
 
 
 @pytest.mark.parametrize("mode", ["local", "global"])
@@ -484,9 +492,10 @@ def test_rows_in_locality_order_change_nothing(mode: str, monkeypatch: pytest.Mo
     runs = []
     for identity in (False, True):
         if identity:
-            monkeypatch.setattr("models.backbone.locality_order", lambda p: torch.arange(p.shape[1]).expand(p.shape[0], -1))
+            identity_order = lambda p: torch.arange(p.shape[1]).expand(p.shape[0], -1)  # noqa: E731
+            monkeypatch.setattr("models.backbone.locality_order", identity_order)
         torch.manual_seed(0)
-        stage = CentroidStage(8, 16, 12, k=5, heads=2, mode=mode).double()
+        stage = CentroidStage(8, 16, 12, StageSettings(k=5, heads=2, mode=mode)).double()
         out = stage(pos, x, return_attention=True)
         (grad,) = torch.autograd.grad(out.feat.square().sum(), x)
         runs.append((out.feat, out.attention, out.assignment, grad))
@@ -520,18 +529,19 @@ def _rows_of(pos: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.stack([p[o] for p, o in zip(pos, order)])
 
 
-def test_sparse_and_chunked_kernels_give_the_same_model_in_float64() -> None:
-    """The CPU's sparse kernels (models.csr) against the chunked ones (accelerators, torch.compile): a training
-    step of the whole backbone, BatchNorm statistics included, forward, every gradient and running statistics."""
+@pytest.mark.parametrize("kernel", ["gathered", "chunked",
+                                    pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="no Triton"))])
+def test_every_kernel_gives_the_csr_kernels_model_in_float64(kernel: str) -> None:
+    """The CPU's sparse kernels (models.pairs.csr) against each other kernel: a training step of the whole
+    backbone, BatchNorm statistics included, forward, every gradient and running statistics."""
     pos, x = _cloud(2, 64, 36, 4)
     pos, x = pos.double(), x.double()
     results = []
-    for enabled in (True, False):
+    for name in ("csr", kernel):
         torch.manual_seed(0)
-        net = CentroidBackbone(4, layer_scale=0.5, normalize_offsets=True, **SMALL).double()
-        with sparse_kernels(enabled):
-            out = net(pos, x)
-            (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        net = CentroidBackbone(4, **small(layer_scale=0.5, normalize_offsets=True, kernel=name)).double()
+        out = net(pos, x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
         results.append((out.detach(), [p.grad for p in net.parameters()], [b.clone() for b in net.buffers()]))
     (out_a, grads_a, bufs_a), (out_b, grads_b, bufs_b) = results
     torch.testing.assert_close(out_a, out_b, rtol=1e-12, atol=1e-12)

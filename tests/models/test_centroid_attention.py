@@ -9,7 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from models.centroid_attention import CentroidAttention, CentroidAttentionBlock, hard_assignment
-from models.ops import knn
+from models.ops import TRITON, knn
+
+#: Every way a step runs: the formula, and each per-pair kernel of models.pairs.
+KERNELS = ["reference", "auto", "gathered", "chunked", "csr",
+           pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="Triton is not installed"))]  # fmt: skip
 
 B, M, N, C, H, K = 2, 5, 11, 8, 2, 4
 
@@ -26,7 +30,9 @@ def _lin(layer: nn.Linear, v: Tensor) -> Tensor:
     return layer.weight @ v + layer.bias
 
 
-def _reference(attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clustering_norm: bool = False) -> tuple[Tensor, Tensor]:
+def _reference(
+    attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clustering_norm: bool = False  # noqa: ANN001
+) -> tuple[Tensor, Tensor]:
     """Loops over batch, centroid i, head and input j: a_ij = softmax_j(q_i·k_ij/√d), out_i = W_o Σ_j a_ij v_ij.
 
     Returns the output [B, M, C] and the weights [B, h, M, J] (J = K local, N global).
@@ -70,7 +76,8 @@ def _reference(attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clusterin
         a = a / a.sum(-1, keepdim=True)
     for b in range(B):
         for i in range(u.shape[1]):
-            mixed = torch.cat([(a[b, head, i, :, None] * values[b, i, :, head * d : (head + 1) * d]).sum(0) for head in range(h)])
+            mixed = torch.cat([(a[b, head, i, :, None] * values[b, i, :, head * d : (head + 1) * d]).sum(0)
+                               for head in range(h)])  # fmt: skip
             out[b, i] = _lin(attn.to_out, mixed)
     return out, a
 
@@ -86,9 +93,9 @@ def _randomise(module: nn.Module, seed: int) -> nn.Module:
 
 @pytest.mark.parametrize("mode", ["local", "global"])
 @pytest.mark.parametrize("pos_encoding", [True, False])
-@pytest.mark.parametrize("reference", [True, False])
-def test_step_equals_formula_float64(mode: str, pos_encoding: bool, reference: bool) -> None:
-    attn = _randomise(CentroidAttention(C, H, mode, pos_encoding, reference=reference, kv_dim=6).double(), 0)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_step_equals_formula_float64(mode: str, pos_encoding: bool, kernel: str) -> None:
+    attn = _randomise(CentroidAttention(C, H, mode, pos_encoding, kv_dim=6, kernel=kernel).double(), 0)
     u, x, pos_u, pos_x, nbr = _inputs(10, c_in=6)
     out, weights = attn(u, x, pos_u, pos_x, nbr, return_attention=True)
     fast, none = attn(u, x, pos_u, pos_x, nbr)
@@ -116,7 +123,7 @@ def test_clustering_norm_equals_formula(mode: str, pos_encoding: bool) -> None:
 @pytest.mark.parametrize("mode, pos_encoding", [("local", True), ("global", True), ("global", False)])
 def test_sdpa_path_equals_reference_path(mode: str, pos_encoding: bool) -> None:
     fast = CentroidAttention(C, H, mode, pos_encoding)
-    ref = CentroidAttention(C, H, mode, pos_encoding, reference=True)
+    ref = CentroidAttention(C, H, mode, pos_encoding, kernel="reference")
     ref.load_state_dict(fast.state_dict())
     u, x, pos_u, pos_x, nbr = _inputs(12, torch.float32)
     torch.testing.assert_close(fast(u, x, pos_u, pos_x, nbr)[0], ref(u, x, pos_u, pos_x, nbr)[0], rtol=1e-5, atol=1e-6)
@@ -138,7 +145,8 @@ def test_m_equals_n_one_global_step_is_multihead_self_attention() -> None:
 
 
 def test_block_with_t1_global_is_a_pre_norm_transformer_layer() -> None:
-    block = _randomise(CentroidAttentionBlock(C, H, steps=1, ffn_ratio=2.0, mode="global", pos_encoding=False).double(), 2)
+    block = CentroidAttentionBlock(C, H, steps=1, ffn_ratio=2.0, mode="global", pos_encoding=False)
+    block = _randomise(block.double(), 2)
     layer = nn.TransformerEncoderLayer(C, H, 2 * C, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
     layer = layer.double().eval()
     with torch.no_grad():  # the block's two input norms both play the layer's norm1
@@ -205,7 +213,7 @@ def test_errors_and_repr() -> None:
 @pytest.mark.parametrize("mode, pos_encoding", [("local", True), ("local", False), ("global", True)])
 def test_chunked_fast_path_equals_reference(mode: str, pos_encoding: bool) -> None:
     """Chunking B·M (GPU launch limits) changes nothing: forced to 3 rows per launch on CPU, float64."""
-    ref = _randomise(CentroidAttention(C, H, mode, pos_encoding, reference=True, kv_dim=6).double(), 20)
+    ref = _randomise(CentroidAttention(C, H, mode, pos_encoding, kv_dim=6, kernel="reference").double(), 20)
     chunked = CentroidAttention(C, H, mode, pos_encoding, kv_dim=6, max_rows=3).double()
     chunked.load_state_dict(ref.state_dict())
     u, x, pos_u, pos_x, nbr = _inputs(21, c_in=6)
@@ -227,7 +235,7 @@ def test_position_code_factorisation_with_dropout_keeps_the_bias_term(monkeypatc
 
     monkeypatch.setattr(torch.nn.functional, "dropout", value_mask_dropout)
     fast = _randomise(CentroidAttention(C, H, dropout=0.5).double(), 22).train()
-    ref = CentroidAttention(C, H, dropout=0.5, reference=True).double().train()
+    ref = CentroidAttention(C, H, dropout=0.5, kernel="reference").double().train()
     ref.load_state_dict(fast.state_dict())
     u, x, pos_u, pos_x, nbr = _inputs(23)
     a, b = fast(u, x, pos_u, pos_x, nbr)[0], ref(u, x, pos_u, pos_x, nbr)[0]
@@ -236,13 +244,16 @@ def test_position_code_factorisation_with_dropout_keeps_the_bias_term(monkeypatc
     assert not torch.allclose(a, fast(u, x, pos_u, pos_x, nbr)[0])  # the mask did drop something
 
 
-@pytest.mark.parametrize("mode, pos_encoding, clustering_norm, reference", [
-    ("local", True, False, False), ("local", True, True, False), ("local", False, False, True),
-    ("global", True, False, False), ("global", False, False, False), ("global", False, True, False),
+@pytest.mark.parametrize("mode, pos_encoding, clustering_norm, kernel", [
+    ("local", True, False, "auto"), ("local", True, True, "auto"), ("local", False, False, "reference"),
+    ("local", True, False, "gathered"), ("local", True, False, "chunked"),
+    ("global", True, False, "auto"), ("global", False, False, "auto"), ("global", False, True, "auto"),
 ])  # fmt: skip
-def test_every_path_runs_under_bf16_autocast_on_cpu(mode: str, pos_encoding: bool, clustering_norm: bool, reference: bool) -> None:
+def test_every_path_runs_under_bf16_autocast_on_cpu(
+    mode: str, pos_encoding: bool, clustering_norm: bool, kernel: str
+) -> None:
     block = CentroidAttentionBlock(C, H, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
-                                   reference=reference, kv_dim=6)  # fmt: skip
+                                   kv_dim=6, kernel=kernel)  # fmt: skip
     u, x, pos_u, pos_x, nbr = _inputs(24, torch.float32, c_in=6)
     full, _ = block(u, x, pos_u, pos_x, nbr)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -262,20 +273,19 @@ def test_layer_scale_zero_starts_the_block_at_its_input() -> None:
     assert block.gamma_attn.grad.abs().sum() > 0 and block.gamma_ffn.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="max_rows"):
         CentroidAttention(C, H, max_rows=0)
+    with pytest.raises(ValueError, match="unknown attention kernel 'sparse'"):
+        CentroidAttention(C, H, kernel="sparse")
 
 
-def test_pair_flop_counter_counts_the_fast_products_like_a_matmul() -> None:
-    """The fast path's q·k and Σ a·v products count 2 FLOPs per multiply-accumulate, as the reference's einsums do."""
+def test_the_gathered_kernel_shows_the_counter_every_product_of_the_formula() -> None:
+    """FLOP counting runs the gathered kernel: its q·k and Σ a·v products are einsums the counter sees, as many
+    FLOPs as the reference's (2 per multiply-accumulate); the chunked kernel's custom operator hides them."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from models.centroid_attention import pair_flop_counter
-
-    attn = CentroidAttention(C, H, pos_encoding=False)
-    ref = CentroidAttention(C, H, pos_encoding=False, reference=True)
     u, x, pos_u, pos_x, nbr = _inputs(26, torch.float32)
-    with FlopCounterMode(display=False) as fast_count, pair_flop_counter() as pairs:
-        attn(u, x, pos_u, pos_x, nbr)
-    with FlopCounterMode(display=False) as ref_count:
-        ref(u, x, pos_u, pos_x, nbr)
-    assert pairs[0] == 2 * 2 * B * M * K * C
-    assert fast_count.get_total_flops() + pairs[0] == ref_count.get_total_flops()
+    counts = {}
+    for kernel in ("gathered", "reference", "chunked"):
+        with FlopCounterMode(display=False) as counter:
+            CentroidAttention(C, H, pos_encoding=False, kernel=kernel)(u, x, pos_u, pos_x, nbr)
+        counts[kernel] = counter.get_total_flops()
+    assert counts["gathered"] == counts["reference"] == counts["chunked"] + 2 * 2 * B * M * K * C

@@ -22,7 +22,8 @@ def test_classification_head_pools_max_and_mean_of_the_last_stage() -> None:
 
 def test_interpolate_equals_inverse_distance_formula() -> None:
     g = torch.Generator().manual_seed(0)
-    fine, coarse = torch.rand(1, 7, 3, generator=g, dtype=torch.float64), torch.rand(1, 4, 3, generator=g, dtype=torch.float64)
+    fine = torch.rand(1, 7, 3, generator=g, dtype=torch.float64)
+    coarse = torch.rand(1, 4, 3, generator=g, dtype=torch.float64)
     feat = torch.randn(1, 4, 2, generator=g, dtype=torch.float64)
     out = interpolate(fine, coarse, feat, k=3)
     for n in range(7):

@@ -1,4 +1,4 @@
-"""Local attention as sparse matrix products (CSR), the CPU kernel of the per-pair work (docs/operator.md §7).
+"""The ``"csr"`` kernel: local attention as sparse matrix products (CSR), the CPU's fastest (docs/operator.md §7).
 
 The R·K attention pairs of a stage (R = B·M centroid rows, K neighbours each, into S = B·N inputs) are the
 non-zeros of a sparse ``[R, S]`` matrix; with h heads, of a ``[R·h, S·h]`` matrix whose row ``r·h + c`` holds
@@ -10,43 +10,20 @@ the ``[·, d]`` rows of queries, keys and values:
 
 Sparse kernels read each neighbour's row once and accumulate in place: no ``[R, K, C]`` tensor is written,
 and the transposed products (the scatters of the gradients) are SpMMs with the transposed pattern, built once
-per stage (:class:`Pattern`) and shared by its T steps. Measured 4–5× faster than the chunked
-gathers of :mod:`models.pairs` on 2 CPU cores (docs/operator.md §7); the chunked function stays the path on
-accelerators and under ``torch.compile``. Same contract as :func:`models.pairs.local_attention`, tested
-against it and against the formula in float64.
+per stage (:class:`Pattern`) and shared by its T steps. Measured 4–5× faster than the chunked gathers of
+:mod:`models.pairs.chunked` on 2 CPU cores (docs/operator.md §7); the chunked function stays the path on
+accelerators and under ``torch.compile``. Same contract as :func:`models.pairs.operators.fused_attention`,
+tested against the formula in float64.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor
 
 from models.ops import widest_dtype
-
-
-#: Stack of :func:`sparse_kernels` switches (innermost last).
-_ENABLED: list[bool] = [True]
-
-
-@contextmanager
-def sparse_kernels(enabled: bool) -> Iterator[None]:
-    """Allow (or not) the sparse kernels inside the block. FLOP counting turns them off:
-    ``torch.utils.flop_counter`` would count a sparse product as a dense one."""
-    _ENABLED.append(enabled)
-    try:
-        yield
-    finally:
-        _ENABLED.pop()
-
-
-def use_sparse(device: torch.device) -> bool:
-    """Whether the sparse kernels run: on the CPU, outside ``torch.compile`` (its graphs hold no sparse
-    tensors) and unless :func:`sparse_kernels` turned them off."""
-    return _ENABLED[-1] and device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class Pattern:
@@ -164,7 +141,7 @@ def csr_local_attention(
 
     Shapes: q ``[R, h, d]``; key, value ``[S, h, d]``; q_rel ``[R, e, h]`` and rel ``[R, K, e]`` (both or
     neither) → ``out [R, h, d]``, ``mixed [R, h, e]`` (``None`` without rel), weights ``[R, K, h]`` (a view,
-    not differentiable), as :func:`models.pairs.local_attention`.
+    not differentiable), as :func:`models.pairs.operators.fused_attention`.
 
     The sparse kernels run in float32 or float64: under autocast every input is cast to the widest of their
     dtypes and float32 at least, and the outputs are returned in the widest input dtype.

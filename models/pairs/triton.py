@@ -1,25 +1,28 @@
-"""The per-pair work as Triton kernels, for CUDA: each neighbour's rows are read once per pass.
+"""The ``"triton"`` kernel: the per-pair work as Triton kernels, for CUDA; each neighbour's rows are read once.
 
-The chunked functions of ``models.pairs`` write every per-pair product (``[c, K, h, d]`` gathers, products,
-sums) to memory and read it back; on a GPU that traffic, not arithmetic, set the step time (docs/operator.md
-§7, *On a GPU*).
+The chunked functions of ``models.pairs.chunked`` write every per-pair product (``[c, K, h, d]`` gathers,
+products, sums) to memory and read it back; on a GPU that traffic, not arithmetic, set the step time
+(docs/operator.md §7, *On a GPU*).
 
 **Local attention** (:func:`triton_attention`, :func:`triton_attention_backward`): one program takes a block
 of rows (centroids) and, head by head, gathers its K key rows, forms the logits, the softmax and the weighted
 sum of the value rows in registers, and writes only the per-row results and the weights ``[R, K, h]``. The
 backward kernel gathers the rows again and adds the key and value gradients into their ``[S, C]`` sources with
 atomic adds (float32 buffers under bf16 or fp16). Same formulas and shapes as
-:func:`models.pairs.local_attention` (``q [R, h, d]``, ``key/value [S, h, d]``, ``index [R, K]``, position
-terms ``q_rel [R, e, h]`` and ``rel [R, K, e]``); sums are accumulated in float32 (float64 for float64 inputs).
+:func:`models.pairs.operators.fused_attention` (``q [R, h, d]``, ``key/value [S, h, d]``, ``index [R, K]``,
+position terms ``q_rel [R, e, h]`` and ``rel [R, K, e]``); sums are accumulated in float32 (float64 for float64
+inputs).
 
 **Neighbour max** (:func:`triton_neighbour_max`, :func:`triton_neighbour_max_backward`):
-:func:`models.pairs.neighbour_max` in one pass, keeping the winning neighbour of each row and channel; backward
-adds each gradient to its winner.
+:func:`models.pairs.chunked.chunked_neighbour_max` in one pass, keeping the winning neighbour of each row and
+channel; backward adds each gradient to its winner.
 
-Plain functions: ``models.pairs`` wraps them, with the chunked functions, in its custom operators (what
-autograd and ``torch.compile`` see). Tested against the formulas and the chunked functions on the CPU through
-Triton's interpreter (``TRITON_INTERPRET=1``) and, compiled, on CUDA (tests/models/test_triton_pairs.py).
+Plain functions: ``models.pairs.operators`` wraps them, with the chunked functions, in its custom operators
+(what autograd and ``torch.compile`` see). Tested against the formulas and the chunked functions on the CPU
+through Triton's interpreter (``TRITON_INTERPRET=1``) and, compiled, on CUDA (tests/models/test_pairs.py,
+tests/models/test_triton_pairs.py).
 """
+
 from __future__ import annotations
 
 import struct
@@ -30,7 +33,7 @@ import triton.language as tl
 from torch import Tensor
 
 from models.ops import widest_dtype
-from models.pairs import winner_dtype
+from models.pairs.layout import winner_dtype
 
 #: Elements of one program's gathered tile (rows × K × head width) and warps per program: the fastest of five
 #: settings (tiles of 1024-4096 elements, 4 or 8 warps) at the benchmark's stage shapes on an H200, fwd+bwd
@@ -153,8 +156,9 @@ def _float32_pair(x: float) -> tuple[float, float]:
 
 def triton_attention(q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor, rel: Tensor | None, index: Tensor,
                      scale: float) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
-    """The forward of :func:`models.pairs.local_attention` in one kernel (every input contiguous, of one dtype, on
-    one device: the caller casts): ``out [R, h, d]``, ``mixed [R, h, e]`` (``None`` without ``rel``), weights."""
+    """The forward of :func:`models.pairs.operators.fused_attention` in one kernel (every input contiguous, of one
+    dtype, on one device: the caller casts): ``out [R, h, d]``, ``mixed [R, h, e]`` (``None`` without ``rel``),
+    weights."""
     (R, H, _), K = q.shape, index.shape[1]
     meta, grid = _attention_launch(q, index, rel)
     out, weights = torch.empty_like(q), q.new_empty(R, K, H)
@@ -204,7 +208,7 @@ def _neighbour_max_kernel(
     has_nan = tl.max(tl.where(z != z, 1, 0), axis=1) > 0
     top = tl.where(has_nan, float("nan"), tl.max(z, axis=1))  # NaN propagates, as torch.amax
     tl.store(top_ptr + rows[:, None] * C + cs[None, :], top, mask=row_c_ok)
-    if KEEP:  # the last k reaching the maximum, as models.pairs.neighbour_max keeps it: never a padded lane (a row
+    if KEEP:  # the last k reaching the maximum, as models.pairs.chunked keeps it: never a padded lane (a row
         # of −inf equals their −inf), k = 0 where none does (NaN)
         hit = pair_ok[:, :, None] & (z == top[:, None, :])
         winner = tl.max(tl.where(hit, ks[None, :, None], 0), axis=1)
@@ -232,8 +236,9 @@ def _max_blocks(R: int, K: int, C: int) -> tuple[dict[str, int], tuple[int, int]
 
 
 def triton_neighbour_max(values: Tensor, index: Tensor, keep: bool) -> tuple[Tensor, Tensor | None]:
-    """The forward of :func:`models.pairs.neighbour_max` in one kernel (contiguous inputs): each neighbour's row is
-    read once; returns the maxima ``[R, C]`` and, with ``keep``, the winning k of each row and channel."""
+    """The forward of :func:`models.pairs.chunked.chunked_neighbour_max` in one kernel (contiguous inputs): each
+    neighbour's row is read once; returns the maxima ``[R, C]`` and, with ``keep``, the winning k of each row and
+    channel."""
     (R, K), C = index.shape, values.shape[1]
     top = values.new_empty(R, C)
     winner = torch.empty(R, C, dtype=winner_dtype(K), device=values.device) if keep else None
