@@ -108,7 +108,8 @@ class SegmentationHead(nn.Module):
         if self.num_categories > 0:
             if category is None or category.shape != (out.pos.shape[0],):
                 raise ValueError(f"category must be a [B] long tensor when num_categories > 0, got {category}")
-            if int(category.min()) < 0 or int(category.max()) >= self.num_categories:
+            # a host sync, skipped while tracing for export (the graph cannot branch on values)
+            if not torch.compiler.is_compiling() and (category.min() < 0 or category.max() >= self.num_categories):
                 raise ValueError(f"category values must lie in [0, {self.num_categories}), got {category.tolist()}")
         levels = [(out.pos, out.feat)] + [(s.pos, s.feat) for s in out.stages]
         pos, feat = levels[-1]

@@ -279,4 +279,6 @@ def locality_order(pos: Tensor) -> Tensor:
     for shift, mask in _SPREAD_10_BITS:  # the bits of x, y and z, each spread three apart
         cells = (cells | (cells << shift)) & mask
     code = cells[..., 0] | (cells[..., 1] << 1) | (cells[..., 2] << 2)  # interleaved: bit 3i + axis
-    return torch.argsort(code, dim=1, stable=True)
+    # ties broken by the index inside the key: the stable order from a plain sort, which ONNX can express
+    M = pos.shape[1]
+    return torch.argsort(code * M + torch.arange(M, device=pos.device), dim=1)
