@@ -42,10 +42,10 @@ class HardConfig:
     train_per_class: int = 20
     test_per_class: int = 15
     points: int = 1024
-    detail_size: float = 0.1  # the detail's size as a fraction of the shape's radius
-    noise: float = 0.01  # sensor noise std, fraction of the radius
-    density: float = 1.5  # uneven density strength (0: uniform)
-    occlusion: float = 0.3  # the largest fraction of the surface a partial view removes
+    detail_size: float = 0.3  # the detail's size as a fraction of the shape's radius
+    noise: float = 0.005  # sensor noise std, fraction of the radius
+    density: float = 1.0  # uneven density strength (0: uniform)
+    occlusion: float = 0.15  # the largest fraction of the surface a partial view removes
     seed: int = 0
 
 
