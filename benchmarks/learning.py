@@ -1,5 +1,5 @@
 """The learning benchmark: the users' recipe (``python -m app fit`` then ``python -m app test``) per row and seed
-on the hard generated task (docs/hard_task.md), and its table (docs/learning.md).
+on the hard generated task (docs/hard_task.md), and its table (docs/hard_task.md §3).
 
 Protocol: every choice is made on the validation split (a held-out part of train); the test split is read once
 per final row and seed, at the last epoch. Seed s is given to every row (``seed_everything``), so the rows of a
@@ -57,7 +57,7 @@ def _params(ckpt: Path) -> int:
 
 
 def run_row(row: str, seed: int, out: Path, quick: bool = False) -> dict:
-    """Fit and test one row at one seed; the result row (docs/learning.md)."""
+    """Fit and test one row at one seed; the result row (docs/hard_task.md §3)."""
     run_dir = out / row / str(seed)
     config = ["--config", str(CONFIGS / f"{row}.yaml"), "--data.init_args.root", str(DATA_ROOT)]
     fit_wall = _run(["fit", *config, "--seed_everything", str(seed), "--trainer.default_root_dir", str(run_dir),
