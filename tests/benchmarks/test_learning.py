@@ -34,7 +34,7 @@ def test_render_pairs_seeds_against_the_best_baseline_by_validation():
 @pytest.mark.slow
 def test_quick_end_to_end(tmp_path, monkeypatch):
     out = tmp_path / "learning.json"
-    monkeypatch.setattr(learning, "HardConfig", lambda: learning.HardConfig(train_per_class=2, test_per_class=1))
+    monkeypatch.setattr(learning, "TASK", learning.HardConfig(train_per_class=2, test_per_class=1))
     monkeypatch.setattr(learning, "DATA_ROOT", tmp_path / "data")
     learning.main(["--rows", "pointnet2", "--seeds", "1", "--output", str(out), "--runs", str(tmp_path / "runs"),
                    "--quick"])
