@@ -5,7 +5,8 @@ Protocol: every choice is made on the validation split (a held-out part of train
 per final row and seed, at the last epoch. Seed s is given to every row (``seed_everything``), so the rows of a
 seed see the same data order and augmentation draws as far as their models consume the RNG alike.
 
-    python -m benchmarks.learning --rows centroid pointnet2 full_attention --seeds 5 --output benchmarks/results/learning.json
+    python -m benchmarks.learning --rows centroid pointnet2 full_attention --seeds 5 \
+        --output benchmarks/results/learning.json
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from datamodules.synthetic.hard import HardConfig, generate_hard
 
 CONFIGS = Path("configs/learning")
@@ -37,7 +39,7 @@ QUICK = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--t
 def _run(args: list[str]) -> float:
     """Run ``python -m app ARGS``; its wall time in seconds. A failure raises with the run's last output."""
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"python -m app {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
     return time.perf_counter() - start
@@ -66,7 +68,7 @@ def run_row(row: str, seed: int, out: Path, quick: bool = False) -> dict:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     test_wall = _run(["test", *config, "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(run_dir),
                       "--trainer.logger.init_args.save_dir", str(run_dir)])
-    test = json.loads(sorted(run_dir.glob("csv/version_*/test_metrics*.json"))[-1].read_text())
+    test = json.loads(max(run_dir.glob("csv/version_*/test_metrics*.json")).read_text())
     meta = torch.load(ckpt, map_location="cpu", weights_only=False)
     epochs, steps = meta["epoch"] + 1, meta["global_step"]
     batch = meta["datamodule_hyper_parameters"]["batch_size"]
@@ -80,7 +82,7 @@ def run_row(row: str, seed: int, out: Path, quick: bool = False) -> dict:
 
 
 def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
     return done.stdout.strip() or "unknown"
 
 
@@ -109,8 +111,8 @@ def render(rows: list[dict], baselines: tuple[str, ...] = ("pointnet2", "full_at
     present = [b for b in baselines if b in by_model]
     best = max(present, key=lambda b: np.mean([r["val_acc"] for r in by_model[b].values()])) if present else None
     lines = [f"Paired differences against the best baseline by validation accuracy: {best or 'none'}.", "",
-             "| model | seeds | val acc % | test acc % (mean ± std) | test 95 % CI | Δ test vs best baseline (95 % CI) "
-             "| train samples/s | infer samples/s | params |",
+             ("| model | seeds | val acc % | test acc % (mean ± std) | test 95 % CI "
+              "| Δ test vs best baseline (95 % CI) | train samples/s | infer samples/s | params |"),
              "|---|---|---|---|---|---|---|---|---|"]
     for model, seeds in by_model.items():
         test = [100 * r["test_acc"] for r in seeds.values()]

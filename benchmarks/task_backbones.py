@@ -60,8 +60,8 @@ class FullAttentionTaskBackbone(_Adapter):
 
     def __init__(
         self, in_channels: int = 0, stem_width: int = 64, num_centroids: list[int] = [512, 256, 128],  # noqa: B006
-        widths: list[int] = [128, 256, 512], k: int = 16, steps: int = 2, heads: int = 4, sampling: str = "fps",
-        layer_scale: float | None = 1e-3,
+        widths: list[int] = [128, 256, 512], k: int = 16, steps: int = 2, heads: int = 4,  # noqa: B006
+        sampling: str = "fps", layer_scale: float | None = 1e-3,
     ) -> None:  # fmt: skip
         super().__init__(
             FullAttentionBackbone(in_channels, stem_width, num_centroids, widths, k, steps, heads, sampling, layer_scale)

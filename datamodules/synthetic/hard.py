@@ -85,7 +85,8 @@ def sample_hard(base: int, detail: str, rng: np.random.Generator, cfg: HardConfi
     weight = np.exp(cfg.density * centred @ (direction / np.linalg.norm(direction)))
     idx = rng.choice(len(pos), cfg.points, replace=len(pos) < cfg.points, p=weight / weight.sum())
     pos, normal = pos[idx], normal[idx]
-    pos = pos + rng.normal(0, cfg.noise * radius, pos.shape) + np.outer(rng.normal(0, 2 * cfg.noise * radius, len(pos)), view)
+    depth_noise = np.outer(rng.normal(0, 2 * cfg.noise * radius, len(pos)), view)  # (N, 3), along the view axis
+    pos = pos + rng.normal(0, cfg.noise * radius, pos.shape) + depth_noise
     a = rng.uniform(0, 2 * np.pi)
     rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     return np.concatenate([pos @ rot.T, normal @ rot.T], 1).astype(np.float32)
@@ -104,7 +105,8 @@ def _write(out: Path, cfg: HardConfig) -> None:
             splits["train" if k < cfg.train_per_class else "test"].append(shape_id)
     for split, ids in splits.items():
         (out / f"modelnet40_{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-    (out / "filelist.txt").write_text("".join(f"{i.rsplit('_', 1)[0]}/{i}.txt\n" for i in sorted(splits["train"] + splits["test"])))
+    ids = sorted(splits["train"] + splits["test"])
+    (out / "filelist.txt").write_text("".join(f"{i.rsplit('_', 1)[0]}/{i}.txt\n" for i in ids))
 
 
 def generate_hard(root: str | Path, config: HardConfig | None = None) -> Path:

@@ -14,7 +14,7 @@ def _row(model: str, seed: int, test: float, val: float) -> dict:
 
 
 def test_interval_is_the_t_interval():
-    mean, std, lo, hi = learning.interval([1.0, 2.0, 3.0])
+    mean, std, _, hi = learning.interval([1.0, 2.0, 3.0])
     assert (mean, std) == (2.0, 1.0)
     assert hi - mean == pytest.approx(4.303 / math.sqrt(3))
     assert math.isnan(learning.interval([1.0])[1])
