@@ -29,7 +29,7 @@ from datamodules.synthetic.hard import HardConfig, generate_hard
 
 CONFIGS = Path("configs/learning")
 DATA_ROOT = Path("data/hard_modelnet")
-TASK = HardConfig()  # the calibrated task (docs/hard_task.md §2)
+TASK = HardConfig()  # the task at its current knobs (docs/hard_task.md §2)
 #: ``--quick``: a few batches of one epoch, for an end-to-end test of the machinery (not a result).
 #: Two-sided 95 % Student-t quantiles t(0.975, df) for df = 1..10 (larger df: the normal 1.96 within 6 %).
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)

@@ -37,7 +37,7 @@ CLASS_NAMES: list[str] = [f"{b.name}_{d}" for b in BASES for d in DETAILS]
 
 @dataclass(frozen=True)
 class HardConfig:
-    """The task's difficulty knobs (calibrated values, docs/hard_task.md) and sizes per class."""
+    """The task's difficulty knobs and sizes per class; NOT yet in the 70-92 % target (docs/hard_task.md §2)."""
 
     train_per_class: int = 20
     test_per_class: int = 15
