@@ -2,8 +2,9 @@
 on the hard generated task (docs/hard_task.md), and its table (docs/hard_task.md §3).
 
 Protocol: every choice is made on the validation split (a held-out part of train); the test split is read once
-per final row and seed, at the last epoch. Seed s is given to every row (``seed_everything``), so the rows of a
-seed see the same data order and augmentation draws as far as their models consume the RNG alike.
+per final row and seed, at the last epoch. Seed s is given to every row twice: ``seed_everything`` (initialisation)
+and the data modules' ``data_seed`` (data order, augmentation, dropout: docs/reporting.md), so the rows of a seed
+see the same data: paired differences.
 
     python -m benchmarks.learning --rows centroid pointnet2 full_attention --seeds 5 \
         --output benchmarks/results/learning.json
@@ -63,7 +64,8 @@ def run_row(row: str, seed: int, out: Path, quick: bool = False) -> dict:
     """Fit and test one row at one seed; the result row (docs/hard_task.md §3)."""
     run_dir = out / row / str(seed)
     config = ["--config", str(CONFIGS / f"{row}.yaml"), "--data.init_args.root", str(DATA_ROOT)]
-    fit_wall = _run(["fit", *config, "--seed_everything", str(seed), "--trainer.default_root_dir", str(run_dir),
+    fit_wall = _run(["fit", *config, "--seed_everything", str(seed), "--data.init_args.data_seed", str(seed),
+                     "--trainer.default_root_dir", str(run_dir),
                      "--trainer.logger.init_args.save_dir", str(run_dir), *(QUICK if quick else [])])
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     test_wall = _run(["test", *config, "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(run_dir),
