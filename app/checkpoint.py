@@ -7,6 +7,7 @@ of this application (``app.tasks.*``, ``datamodules.*``) are ever imported from 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pickle
 import zipfile
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from datamodules.base import PointCloudDataModule
+from models.backbone import StageSettings
 
 TASK_PREFIX = "app.tasks."
 DATA_PREFIX = "datamodules."
@@ -56,7 +58,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     class_path = ckpt.get("hyper_parameters", {}).get("_class_path") if isinstance(ckpt, dict) else None
     if not isinstance(class_path, str) or not class_path.startswith(TASK_PREFIX) or "state_dict" not in ckpt:
         raise CheckpointError(path, "not a checkpoint of this application (no app.tasks class among its hyper-parameters)")
+    _check_stage_settings(path, ckpt["hyper_parameters"].get("backbone"))
     return ckpt
+
+
+def _check_stage_settings(path: Path, backbone: Any) -> None:
+    """Refuse, in one line, a checkpoint whose backbone takes the per-stage settings flat (before ``stage:``)."""
+    args = _init_args(backbone)
+    flat = sorted(set(args) & {f.name for f in dataclasses.fields(StageSettings)})
+    if flat and "stage" not in args:
+        raise CheckpointError(
+            path,
+            f"written by an older version: its backbone takes the per-stage settings ({', '.join(flat[:3])}, ...) "
+            "flat, where this version nests them under `stage:` (configs/model/backbone_*.yaml); retrain it",
+        )
 
 
 def _class(path: Path, class_path: str, prefix: str) -> type:

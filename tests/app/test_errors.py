@@ -118,3 +118,14 @@ def test_python_m_app_prints_one_line(trained, tmp_path) -> None:
     assert run.returncode == 1
     lines = [line for line in run.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
     assert lines == [f"error: {bad}: truncated: element 'vertex': row 2: early end-of-file  (traceback: add --verbose)"]
+
+
+def test_checkpoint_with_flat_stage_settings_is_refused_in_one_line(trained, capsys, tmp_path) -> None:
+    ckpt = torch.load(trained[0], map_location="cpu", weights_only=True)
+    init = ckpt["hyper_parameters"]["backbone"]["init_args"]
+    init.update(init.pop("stage"))  # the layout before the settings moved under `stage:`
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    err = _fails(capsys, cli.main, ["test", *trained[1], "--ckpt_path", str(old)])
+    assert err.startswith(f"error: {old}: written by an older version: its backbone takes the per-stage settings")
+    assert err.count("\n") <= 1
