@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   set up .venv, generate the default data, train + test configs/demo.yaml, render centroids
-#   make test   set up .venv and run the whole test suite (what .ci/run calls)
+#   make test   set up .venv, lint (ruff, configured in pyproject.toml), run the whole test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -33,6 +33,7 @@ demo: setup
 	$(PY) -m app.demo
 
 test: setup
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 benchmark: setup

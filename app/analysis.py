@@ -90,13 +90,14 @@ def render_analysis(
     point_colors, cent_colors = render.stage_point_colors(a.stages)
     masses = render.centroid_masses([st.assignment for st in a.stages], [len(st.centroids) for st in a.stages])
     panels, names, ply = [], [], []
-    for s, (st, pc, cc, inp, mass) in enumerate(zip(a.stages, point_colors, cent_colors, a.stage_inputs, masses), start=1):
+    per_stage = zip(a.stages, point_colors, cent_colors, a.stage_inputs, masses)
+    for s, (st, pc, cc, inp, mass) in enumerate(per_stage, start=1):
         lines = inp[st.neighbors] if neighbors and st.neighbors is not None else None  # (M, k, 3)
         title = f"stage {s}: {len(inp)} → {len(st.centroids)} centroids"
         panels.append((a.points, pc, st.centroids, cc, lines, title, mass))
         names.append(f"stage{s}")
         ply += [render.write_ply(out_dir / f"stage{s}_points.ply", a.points, pc),
-                render.write_ply(out_dir / f"stage{s}_centroids.ply", st.centroids, cc)]  # fmt: skip
+                render.write_ply(out_dir / f"stage{s}_centroids.ply", st.centroids, cc)]
     for key, labels in (("parts", a.parts), ("true_parts", a.true_parts)):
         if labels is not None:
             colors = render.centroid_colors(int(labels.max()) + 1)[labels]

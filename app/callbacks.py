@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import random
 import re
-from pathlib import Path
 from collections.abc import Sequence, Sized
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -234,7 +234,8 @@ class WandbPanels(Callback):
         log: dict[str, Any] = {}
         if per_name is not None:
             column = "accuracy" if "acc_per_class" in results else "mIoU"
-            log["test/per_class"] = wandb.Table(columns=["name", column], data=[[n, _plain(v)] for n, v in zip(names, per_name)])
+            log["test/per_class"] = wandb.Table(columns=["name", column],
+                                                 data=[[n, _plain(v)] for n, v in zip(names, per_name)])
         if "confusion" in results:
             rows = [[t, p, int(c)] for t, row in zip(names, results["confusion"].tolist()) for p, c in zip(names, row)]
             log["test/confusion_matrix"] = wandb.Table(columns=["true", "predicted", "count"], data=rows)

@@ -57,7 +57,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(path, f"not a readable PyTorch checkpoint ({first})") from None
     class_path = ckpt.get("hyper_parameters", {}).get("_class_path") if isinstance(ckpt, dict) else None
     if not isinstance(class_path, str) or not class_path.startswith(TASK_PREFIX) or "state_dict" not in ckpt:
-        raise CheckpointError(path, "not a checkpoint of this application (no app.tasks class among its hyper-parameters)")
+        raise CheckpointError(
+            path, "not a checkpoint of this application (no app.tasks class among its hyper-parameters)"
+        )
     _check_stage_settings(path, ckpt["hyper_parameters"].get("backbone"))
     return ckpt
 
@@ -112,10 +114,14 @@ def check_fits(ckpt_path: str | Path, task: LightningModule, datamodule: PointCl
     saved = ckpt["hyper_parameters"]
     ours = f"{type(task).__module__}.{type(task).__qualname__}"
     if saved["_class_path"] != ours:
-        raise CheckpointError(path, f"holds a {saved['_class_path'].rsplit('.', 1)[-1]}, the config builds a {type(task).__name__}")
+        raise CheckpointError(
+            path, f"holds a {saved['_class_path'].rsplit('.', 1)[-1]}, the config builds a {type(task).__name__}"
+        )
     for key in MATCHED_HPARAMS:
         if key in saved and key in task.hparams and saved[key] != task.hparams[key]:
-            raise CheckpointError(path, f"trained with {key}={_short(saved[key])}, the data at hand has {_short(task.hparams[key])}")
+            raise CheckpointError(
+                path, f"trained with {key}={_short(saved[key])}, the data at hand has {_short(task.hparams[key])}"
+            )
     backbone_diff = _differences(_init_args(saved.get("backbone")), _init_args(task.hparams.get("backbone")))
     if backbone_diff:
         raise CheckpointError(path, f"its backbone differs from the config's: {backbone_diff}")
@@ -130,7 +136,7 @@ def check_data_settings(path: str | Path, saved: dict[str, Any], datamodule: Poi
     """Raise when ``datamodule`` disagrees with the checkpoint's data settings (:data:`DATA_SETTINGS`, attributes
     every ``PointCloudDataModule`` declares)."""
     diff = _differences({k: saved[k] for k in DATA_SETTINGS if k in saved},
-                        {k: getattr(datamodule, k) for k in DATA_SETTINGS if k in saved})  # fmt: skip
+                        {k: getattr(datamodule, k) for k in DATA_SETTINGS if k in saved})
     if diff:
         raise CheckpointError(path, f"trained on other data settings than the config's: {diff}")
 

@@ -78,7 +78,9 @@ class CentroidCLI(LightningCLI):
             saved = read_checkpoint(ckpt)["hyper_parameters"]["_class_path"]
             wanted = self.config[self.config.subcommand].model.class_path
             if saved != wanted:
-                raise CheckpointError(ckpt, f"holds a {saved.rsplit('.', 1)[-1]}, the config builds a {wanted.rsplit('.', 1)[-1]}")
+                raise CheckpointError(
+                    ckpt, f"holds a {saved.rsplit('.', 1)[-1]}, the config builds a {wanted.rsplit('.', 1)[-1]}"
+                )
         super()._parse_ckpt_path()
 
     def _run_subcommand(self, subcommand: str) -> None:

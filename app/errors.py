@@ -47,6 +47,6 @@ def run_with_one_line_errors(main: Callable[[list[str]], T], argv: list[str] | N
         return main(argv)
     try:
         return main(argv)
-    except Exception as err:  # noqa: BLE001  (the one place that turns every failure into one line)
+    except Exception as err:  # noqa: BLE001 -- the one place that turns every failure into one line
         print(f"error: {one_line(err)}  (traceback: add {VERBOSE_FLAG})", file=sys.stderr)
         raise SystemExit(ERROR_EXIT) from None

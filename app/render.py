@@ -139,7 +139,9 @@ def stage_colors(
     for s in range(len(num_centroids) - 2, -1, -1):
         parent = np.asarray(assignments[s + 1], dtype=np.int64)  # (M_s,) stage-s centroid → stage s+1
         if parent.shape != (num_centroids[s],):
-            raise ValueError(f"stage {s + 1} assigns {parent.shape[0]} inputs, stage {s} has {num_centroids[s]} centroids")
+            raise ValueError(
+                f"stage {s + 1} assigns {parent.shape[0]} inputs, stage {s} has {num_centroids[s]} centroids"
+            )
         colors.insert(0, _shade_siblings(colors[0][parent], parent, shade))
     return colors
 
@@ -183,7 +185,8 @@ def heat_colors(values: np.ndarray, cmap: str = "viridis") -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- files
 def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> Path:
-    """Write a coloured point cloud as binary ``.ply`` with Open3D. Shapes: ``[N, 3]``, colours ``[N, 3]`` in ``[0, 1]``."""
+    """Write a coloured point cloud as binary ``.ply`` with Open3D. Shapes: ``[N, 3]``, colours ``[N, 3]`` in
+    ``[0, 1]``."""
     import open3d as o3d
 
     points = np.asarray(points, dtype=np.float64)
@@ -410,7 +413,8 @@ def render_stage_png(
         of its ``k`` neighbours. Colours are floats in ``[0, 1]``.
     Raises :class:`RendererUnavailable` when the renderer cannot start.
     """
-    return render_stage_pngs([(points, point_colors, centroids, centroid_colors, neighbor_lines, title)], [path], width, height, view)[0]
+    panel = (points, point_colors, centroids, centroid_colors, neighbor_lines, title)
+    return render_stage_pngs([panel], [path], width, height, view)[0]
 
 
 #: ``(points, point_colors, centroids, centroid_colors, neighbor_lines, title[, masses])``.

@@ -267,7 +267,7 @@ class ClassificationTask(PointTask):
         backbone: nn.Module,  # a CentroidBackbone, or any module with its contract (benchmarks.baselines)
         num_classes: int,
         class_names: list[str] | None = None,
-        head_hidden: list[int] = [512, 256],
+        head_hidden: list[int] = [512, 256],  # noqa: B006 -- a list for jsonargparse, never mutated
         dropout: float = 0.5,
         label_smoothing: float = 0.0,
         optimizer: OptimizerCallable = _adamw,

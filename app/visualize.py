@@ -57,7 +57,8 @@ def load_model(ckpt: str | None, config: str | None) -> tuple[LightningModule, L
 
 # ---------------------------------------------------------------------------------------------- output
 def prepare_out_dir(out: str | Path | None, name: str, overwrite: bool = False) -> Path:
-    """The output folder (not yet created): ``out`` (refused when it holds files, unless ``overwrite``) or a fresh one for ``name``."""
+    """The output folder (not yet created): ``out`` (refused when it holds files, unless ``overwrite``) or a fresh one
+    for ``name``."""
     if out is None:
         path = fresh_path(DEFAULT_OUT_ROOT / name)
     else:
@@ -92,7 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      f"without --ckpt {DEFAULT_CONFIG})")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--file", help="a point cloud or mesh of yours: .off, .ply, .txt, .npy")
-    src.add_argument("--split", choices=["test", "val"], help="take the shape from this split of the config's data (default test)")
+    src.add_argument("--split", choices=["test", "val"],
+                     help="take the shape from this split of the config's data (default test)")
     p.add_argument("--index", type=int, default=0, help="sample index within --split (default 0)")
     p.add_argument("--category", help="object category of a --file shape (segmentation models)")
     p.add_argument("--out", help="output folder (default: a fresh folder under outputs/visualize/)")
@@ -120,7 +122,7 @@ def draw(argv: list[str]) -> dict[str, list[Path]]:
             category = names.index(args.category)
         # the data settings the model was trained with (the checkpoint's; a --config must agree with them)
         sample = load_file_sample(args.file, datamodule.num_points, task.backbone.in_channels > 0,
-                                  sampling=datamodule.sampling, category=category)  # fmt: skip
+                                  sampling=datamodule.sampling, category=category)
     else:
         sample = sample_from_split(datamodule, args.split or "test", args.index)
     analysis = analyse(task, sample, name, trained=args.ckpt is not None)

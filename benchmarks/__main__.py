@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="which parts to (re)run; the others are kept from <output>.json (none: only re-render)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, end to end in seconds (for tests)")
     p.add_argument("--sizes", type=int, nargs="+", default=d.sizes)
-    p.add_argument("--local-sizes", type=int, nargs="*", default=d.local_sizes, help="extra sizes for local mode and ops")
+    p.add_argument("--local-sizes", type=int, nargs="*", default=d.local_sizes,
+                   help="extra sizes for local mode and ops")
     p.add_argument("--variant-sizes", type=int, nargs="*", default=d.variant_sizes)
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=d.models)
     p.add_argument("--batch", type=int, default=d.batch)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                      a.cell_budget, a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, a.candidates, a.seeds,
                      jobs=a.jobs, train_epochs=a.train_epochs, test_per_class=a.test_per_class, data_root=a.data_root,
                      torch_cluster_python=a.torch_cluster_python, fit_epochs=a.fit_epochs,
-                     fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers)  # fmt: skip
+                     fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers)
     cfg.models = a.models
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda needs a CUDA build of torch and a GPU")

@@ -83,7 +83,7 @@ def feature_knn(x: Tensor, k: int, chunk_size: int = 1024) -> Tensor:
     return torch.cat(
         [torch.topk(q.square().sum(-1, keepdim=True) - 2 * q @ x.transpose(1, 2) + sq.unsqueeze(1), k, dim=-1,
                     largest=False).indices for q in x.split(chunk_size, dim=1)], dim=1,
-    )  # fmt: skip
+    )
 
 
 def _mlp(in_dim: int, out_dim: int, norm: str = "layer") -> nn.Sequential:
@@ -200,7 +200,7 @@ class FullAttentionStage(nn.Module):
     def __init__(
         self, in_dim: int, out_dim: int, num_centroids: int, k: int, steps: int, heads: int, sampling: str,
         layer_scale: float | None = 1e-3, pool_norm: str = "batch",
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.num_centroids, self.k, self.steps, self.sampling = num_centroids, k, steps, sampling
         self.proj = nn.Linear(in_dim, out_dim)
@@ -232,8 +232,8 @@ class FullAttentionBackbone(_Backbone):
         self,
         in_channels: int = 0,
         stem_width: int = 64,
-        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- never mutated
-        widths: list[int] = [128, 256, 512],  # noqa: B006
+        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- a list for jsonargparse, never mutated
+        widths: list[int] = [128, 256, 512],  # noqa: B006 -- a list for jsonargparse, never mutated
         k: int = 16,
         steps: int = 2,
         heads: int = 4,
@@ -278,8 +278,8 @@ class PointNet2SSG(_Backbone):
         self,
         in_channels: int = 0,
         stem_width: int = 64,
-        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- never mutated
-        widths: list[int] = [128, 256, 512],  # noqa: B006
+        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- a list for jsonargparse, never mutated
+        widths: list[int] = [128, 256, 512],  # noqa: B006 -- a list for jsonargparse, never mutated
         k: int = 16,
         sampling: str = "fps",
         norm: str = "layer",
@@ -340,15 +340,15 @@ class PointNet2SSGBall(_Backbone):
     def __init__(
         self,
         in_channels: int = 0,
-        num_centroids: list[int] = [512, 128],  # noqa: B006 -- never mutated
-        radii: list[float] = [0.2, 0.4],  # noqa: B006
-        k: list[int] = [32, 64],  # noqa: B006
-        mlps: list[list[int]] = [[64, 64, 128], [128, 128, 256], [256, 512, 1024]],  # noqa: B006
+        num_centroids: list[int] = [512, 128],  # noqa: B006 -- a list for jsonargparse, never mutated
+        radii: list[float] = [0.2, 0.4],  # noqa: B006 -- a list for jsonargparse, never mutated
+        k: list[int] = [32, 64],  # noqa: B006 -- a list for jsonargparse, never mutated
+        mlps: list[list[int]] = [[64, 64, 128], [128, 128, 256], [256, 512, 1024]],  # noqa: B006 -- a list for jsonargparse, never mutated
         sampling: str = "fps",
     ) -> None:
         if not len(num_centroids) == len(radii) == len(k) == len(mlps) - 1:
             raise ValueError(f"num_centroids {num_centroids}, radii {radii}, k {k} need one entry per sampled layer "
-                             f"and mlps {len(mlps)} one more (the group-all layer)")  # fmt: skip
+                             f"and mlps {len(mlps)} one more (the group-all layer)")
         super().__init__(in_channels, [3 + in_channels] + [m[-1] for m in mlps], sampling, stem=False)
         ins = [in_channels] + [m[-1] for m in mlps[:-1]]
         specs = list(zip(num_centroids, radii, k, self.stage_sampling(sampling, len(radii)))) + [(1, None, 0, "fps")]
@@ -389,8 +389,8 @@ class DGCNN(_Backbone):
         self,
         in_channels: int = 0,
         stem_width: int = 64,
-        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- never mutated
-        widths: list[int] = [128, 256, 512],  # noqa: B006
+        num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- a list for jsonargparse, never mutated
+        widths: list[int] = [128, 256, 512],  # noqa: B006 -- a list for jsonargparse, never mutated
         k: int = 16,
         sampling: str = "fps",
     ) -> None:

@@ -52,4 +52,4 @@ def quick_config(data_root: str) -> Config:
     return Config(sizes=[128], local_sizes=[256], variant_sizes=[128], batch=2, repeats=1, min_repeats=1,
                   cell_budget_s=1.0,
                   cell_timeout_s=60.0, candidates=list(CANDIDATES)[:3], seeds=2, train_epochs=1, train_points=64,
-                  train_per_class=1, test_per_class=1, data_root=data_root, isolate=False)  # fmt: skip
+                  train_per_class=1, test_per_class=1, data_root=data_root, isolate=False)

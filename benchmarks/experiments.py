@@ -44,10 +44,16 @@ CANDIDATES: dict[str, tuple[str, dict, list[int], int]] = {
     "Full self-attention": ("full_attention", {}, [2, 4, 8], 2),
     "Full self-attention, no LayerScale (before)": ("full_attention", {"layer_scale": None}, [2, 4, 8], 2),
     "Centroid, plain init (before)": ("centroid_local", {"layer_scale": None, "init_norm": "layer"}, [2, 4, 8], 2),
-    "Centroid + LayerScale 1e-3, LayerNorm KNN init": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer"}, [2, 4, 8], 2),
-    "Centroid + LayerScale 1e-3, LayerNorm KNN init, T = 1": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer"}, [2, 4, 8], 1),
-    "Centroid + normalised offsets": ("centroid_local", {"layer_scale": None, "init_norm": "layer", "normalize_offsets": True}, [2, 4, 8], 2),
-    "Centroid + LayerScale 1e-3, 2-layer KNN init": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer", "init_layers": 2}, [2, 4, 8], 2),
-    "Centroid + LayerScale 1e-3, BatchNorm KNN init": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "batch"}, [2, 4, 8], 2),
-    "Centroid + LayerScale 1e-3, BatchNorm KNN init, T = 1": ("centroid_local", {"layer_scale": 1e-3, "init_norm": "batch"}, [2, 4, 8], 1),
+    "Centroid + LayerScale 1e-3, LayerNorm KNN init":
+        ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer"}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, LayerNorm KNN init, T = 1":
+        ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer"}, [2, 4, 8], 1),
+    "Centroid + normalised offsets":
+        ("centroid_local", {"layer_scale": None, "init_norm": "layer", "normalize_offsets": True}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, 2-layer KNN init":
+        ("centroid_local", {"layer_scale": 1e-3, "init_norm": "layer", "init_layers": 2}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, BatchNorm KNN init":
+        ("centroid_local", {"layer_scale": 1e-3, "init_norm": "batch"}, [2, 4, 8], 2),
+    "Centroid + LayerScale 1e-3, BatchNorm KNN init, T = 1":
+        ("centroid_local", {"layer_scale": 1e-3, "init_norm": "batch"}, [2, 4, 8], 1),
 }

@@ -24,7 +24,7 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 820, 206
 
 
 def fit_command(device: str, data_root: str, output: Path, run_dir: Path, epochs: int, limit_batches: int | None,
-                workers: int | None) -> list[str]:  # fmt: skip
+                workers: int | None) -> list[str]:
     """The ``python -m app fit`` command line of the measurement."""
     cmd = [sys.executable, "-m", "app", "fit", "--config", CONFIG]
     if device.startswith("cuda"):
@@ -39,7 +39,7 @@ def fit_command(device: str, data_root: str, output: Path, run_dir: Path, epochs
         "--data.init_args.generator.val_per_class", "1",
         "--data.init_args.generator.test_per_class", str(TEST_PER_CLASS),
         "--trainer.callbacks+=benchmarks.fit_timer.FitTimer", f"--trainer.callbacks.output={output}",
-    ]  # fmt: skip
+    ]
     if limit_batches:
         cmd += ["--trainer.limit_train_batches", str(limit_batches), "--trainer.limit_val_batches", str(limit_batches)]
     if workers is not None:
@@ -48,7 +48,7 @@ def fit_command(device: str, data_root: str, output: Path, run_dir: Path, epochs
 
 
 def run_fit(device: str, data_root: str, epochs: int, limit_batches: int | None, workers: int | None,
-            timeout_s: float) -> dict:  # fmt: skip
+            timeout_s: float) -> dict:
     """Run the measurement; returns ``{"command": ..., "epochs": [...]}`` or ``{"command": ..., "error": ...}``."""
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "fit.json"
@@ -76,9 +76,9 @@ def render_fit(fit: dict, h: str) -> list[str]:
             "the training time; GPU busy over training batches 20–40 of the first epoch (CUDA only).", "",
             "| epoch | training samples | samples/s | training s | epoch s (with validation) | outside steps "
             "| GPU busy |",
-            "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+            "|---:|---:|---:|---:|---:|---:|---:|"]
     for e in fit["epochs"]:
         busy = "–" if e.get("gpu_busy_frac") is None else f"{100 * e['gpu_busy_frac']:.0f} %"
         out.append(f"| {e['epoch']} | {e['samples']} | {e['samples_per_s']:.1f} | {e['train_s']:.1f} | "
-                   f"{e['epoch_s']:.1f} | {100 * e['wait_frac']:.1f} % | {busy} |")  # fmt: skip
+                   f"{e['epoch_s']:.1f} | {100 * e['wait_frac']:.1f} % | {busy} |")
     return out

@@ -85,7 +85,7 @@ class FitTimer(Callback):
             "epoch": trainer.current_epoch, "samples": self._samples, "train_s": train_s,
             "samples_per_s": self._samples / train_s, "epoch_s": time.perf_counter() - self._start,
             "wait_s": self._wait, "wait_frac": self._wait / train_s, "gpu_busy_frac": self._busy_frac,
-        })  # fmt: skip
+        })
         if trainer.is_global_zero:
             self.output.parent.mkdir(parents=True, exist_ok=True)
             self.output.write_text(json.dumps({"epochs": self.epochs}, indent=1))

@@ -66,13 +66,17 @@ from models.ops import farthest_point_sample, knn
 # schedule); every model picks its seeds the same way (``sampling``).
 Factory = Callable[..., nn.Module]
 MODELS: dict[str, tuple[str, Factory]] = {
-    "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="local", steps=t, **kw), s)),
-    "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw: CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="global", steps=t, **kw), s)),
-    "full_attention": ("Full self-attention", lambda c, m, w, t, s, **kw: FullAttentionBackbone(c, w[0], m, w[1:], steps=t, sampling=s, **kw)),
+    "centroid_local": ("Centroid (local)", lambda c, m, w, t, s, **kw:
+                       CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="local", steps=t, **kw), s)),
+    "centroid_global": ("Centroid (global)", lambda c, m, w, t, s, **kw:
+                        CentroidBackbone(c, w[0], m, w[1:], StageSettings(mode="global", steps=t, **kw), s)),
+    "full_attention": ("Full self-attention", lambda c, m, w, t, s, **kw:
+                       FullAttentionBackbone(c, w[0], m, w[1:], steps=t, sampling=s, **kw)),
     "pointnet2": ("PointNet++ SSG", lambda c, m, w, t, s, **kw: PointNet2SSG(c, w[0], m, w[1:], sampling=s, **kw)),
-    "pointnet2_ball": ("PointNet++ SSG, published", lambda c, m, w, t, s, **kw: PointNet2SSGBall(c, [m[0], m[-1]], sampling=s, **kw)),
+    "pointnet2_ball": ("PointNet++ SSG, published", lambda c, m, w, t, s, **kw:
+                       PointNet2SSGBall(c, [m[0], m[-1]], sampling=s, **kw)),
     "dgcnn": ("DGCNN", lambda c, m, w, t, s: DGCNN(c, w[0], m, w[1:], sampling=s)),
-}  # fmt: skip
+}
 # Neighbour search and sampling per batch: kNN (k = 16) of M = N/2 queries among N points; FPS of N/2 in the
 # model (the exact operator, and the torch reference loop); the data side's FPS order of every cloud (fpsample,
 # in loader workers, one cloud at a time).
@@ -108,7 +112,8 @@ def build_classifier(
     ``normalize_offsets``) or of the baselines. ``widths``: the stem
     width, then one width per stage.
     """
-    backbone = MODELS[name][1](in_channels, num_centroids(num_points, ratios), list(widths), steps, sampling, **(options or {}))
+    backbone = MODELS[name][1](in_channels, num_centroids(num_points, ratios), list(widths), steps, sampling,
+                               **(options or {}))
     return Classifier(backbone, ClassificationHead(backbone.out_channels, num_classes, dropout=dropout))
 
 
@@ -234,7 +239,7 @@ def tensor_peak_mib(fn: Callable[[], object]) -> float:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())  # fmt: skip
+                    key=lambda e: e.start_ns())
     live = peak = 0
     for e in events:
         live += e.nbytes()
@@ -274,7 +279,7 @@ def forward_gflops(model: nn.Module, *inputs: Tensor) -> float:
     onto its math kernel (its fused CPU/GPU kernels are not all known to the counter), and the centroid models'
     per-pair work on the gathered kernel, whose products the counter sees (``models.flops.gathered_kernels``)."""
     with torch.no_grad(), gathered_kernels(model), FlopCounterMode(display=False) as counter, \
-            sdpa_kernel(SDPBackend.MATH):  # fmt: skip
+            sdpa_kernel(SDPBackend.MATH):
         model(*inputs)
     return counter.get_total_flops() / 1e9
 
@@ -284,10 +289,11 @@ def _run_model(spec: CellSpec) -> CellResult:
     dev = spec.device
     cuda = dev.startswith("cuda")
     model = build_classifier(spec.name, spec.num_points, 40, ratios=spec.ratios, steps=spec.steps,
-                             sampling=spec.sampling, options=spec.options, widths=spec.widths).to(dev)  # fmt: skip
+                             sampling=spec.sampling, options=spec.options, widths=spec.widths).to(dev)
     params = count_parameters(model)
     # "prefix": ordered outside the clock, the contract of data ordered offline
-    pos = ordered_surface_cloud(spec.batch, spec.num_points) if spec.sampling == "prefix" else surface_cloud(spec.batch, spec.num_points)
+    cloud = ordered_surface_cloud if spec.sampling == "prefix" else surface_cloud
+    pos = cloud(spec.batch, spec.num_points)
     pos = pos.to(dev)
     label = torch.arange(spec.batch, device=dev) % 40
     run = torch.compile(model) if spec.compile else model
@@ -326,7 +332,7 @@ def _run_model(spec: CellSpec) -> CellResult:
     gflops = forward_gflops(model, pos[:1]) if spec.flops else None  # one extra forward on one cloud
     return CellResult(spec, train_s * 1e3, spec.batch / infer_s, peak, tensors, gflops, params, repeats=n,
                       kernel_frac=kernel_frac, notes=notes, train_range_ms=[t * 1e3 for t in train_spread],
-                      infer_range_sps=[spec.batch / t for t in reversed(infer_spread)])  # fmt: skip
+                      infer_range_sps=[spec.batch / t for t in reversed(infer_spread)])
 
 
 def run_cell(spec: CellSpec) -> CellResult:

@@ -41,10 +41,10 @@ def measure_train(cfg: Config, results: dict) -> bool:
 
 def measure_fit(cfg: Config, results: dict) -> bool:
     results["fit"] = run_fit(cfg.device, cfg.fit_data_root, cfg.fit_epochs, cfg.fit_limit_batches, cfg.fit_workers,
-                             cfg.fit_timeout_s)  # fmt: skip
+                             cfg.fit_timeout_s)
     return False
 
 
 MEASURE: dict[str, Callable[[Config, dict], bool]] = {
     "cost": measure_cost, "ops": measure_ops, "train": measure_train, "fit": measure_fit,
-}  # fmt: skip
+}

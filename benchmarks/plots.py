@@ -17,11 +17,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on benchmark machines
-import matplotlib.pyplot as plt  # noqa: E402 -- after the backend is chosen
-from matplotlib.ticker import NullFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
-from benchmarks.harness import MODELS  # noqa: E402
-from benchmarks.runner import drop_stale  # noqa: E402
+from benchmarks.harness import MODELS
+from benchmarks.runner import drop_stale
 
 #: Two-sided 95 % Student-t quantiles by degrees of freedom (1–10); above that the normal 1.96.
 T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
@@ -50,7 +50,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point dominates (higher or equal in both coordinates, higher in one),
     sorted by the first coordinate."""
     front = [i for i, (x, y) in enumerate(points)
-             if not any(a >= x and b >= y and (a, b) != (x, y) for a, b in points)]  # fmt: skip
+             if not any(a >= x and b >= y and (a, b) != (x, y) for a, b in points)]
     return sorted(front, key=lambda i: points[i][0])
 
 
@@ -69,14 +69,14 @@ def train_rows(results: dict) -> list[AccuracyRow]:
         infer = [r["infer_sps"] for r in ok if r.get("infer_sps")]
         rows.append(AccuracyRow(label, statistics.fmean(accs), ci95(accs),
                                 seen / statistics.fmean(secs) if secs and seen else None,
-                                statistics.fmean(infer) if infer else None))  # fmt: skip
+                                statistics.fmean(infer) if infer else None))
     return rows
 
 
 def plot_cost(models: dict, path: Path) -> Path | None:
     """Cost against N (``models``: ``{name: {N: cell}}``, N keys as JSON strings); ``None`` when nothing ran."""
     series = {name: sorted((int(n), c) for n, c in cells.items() if not c.get("error"))
-              for name, cells in models.items()}  # fmt: skip
+              for name, cells in models.items()}
     series = {name: cells for name, cells in series.items() if cells}
     if not series:
         return None
@@ -107,7 +107,7 @@ def plot_accuracy(rows: list[AccuracyRow], path: Path) -> Path | None:
     """Accuracy against training and inference throughput, the Pareto front of each marked; ``None`` when no
     row has a throughput."""
     panels = [(key, title) for key, title in (("train_sps", "training samples/s"), ("infer_sps", "inference samples/s"))
-              if any(getattr(r, key) for r in rows)]  # fmt: skip
+              if any(getattr(r, key) for r in rows)]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.8), squeeze=False)
@@ -134,5 +134,5 @@ def plot(results: dict, output: Path, rows: list[AccuracyRow] | None = None) -> 
     fresh, _ = drop_stale(results.get("cost", {}).get("models", {}))  # the tables' cells, no stale ones
     rows = train_rows(results) if rows is None else rows
     made = [plot_cost(fresh, output.with_name(f"{output.stem}_cost.png")),
-            plot_accuracy(rows, output.with_name(f"{output.stem}_accuracy.png"))]  # fmt: skip
+            plot_accuracy(rows, output.with_name(f"{output.stem}_accuracy.png"))]
     return [p for p in made if p is not None]

@@ -44,8 +44,9 @@ def _cost_rows(label: str, cells: dict, ref: dict) -> list[str]:
         rows.append(
             f"| {label} | {n} | {train} | {_ratio(r['train_ms'], rr.get('train_ms'))} | "
             f"{_f(r['infer_sps'])} | {_ratio(r['infer_sps'], rr.get('infer_sps'))} | {_f(r['peak_mib'], '{:.0f}')} | "
-            f"{_ratio(r['peak_mib'], rr.get('peak_mib'))} | {_f(r['gflops'], '{:.2f}')} | {r['params']:,} | {r['repeats']} | {note} |"
-        )  # fmt: skip
+            f"{_ratio(r['peak_mib'], rr.get('peak_mib'))} | {_f(r['gflops'], '{:.2f}')} | {r['params']:,} | "
+            f"{r['repeats']} | {note} |"
+        )
     return rows
 
 
@@ -69,7 +70,7 @@ def render(cfg: Config, results: dict, command: str, figures: list[str] = ()) ->
     gpu = results.get("gpu")
     if gpu:
         out += ["", "## GPU run", "", "The same cells on a GPU, measured apart from the CPU run above: ratios are "
-                "within this run only."] + [""] + _report(cfg, gpu, command, "###")  # fmt: skip
+                "within this run only."] + [""] + _report(cfg, gpu, command, "###")
     return "\n".join(out) + "\n"
 
 
@@ -88,7 +89,7 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     cost = results.get("cost", {})
     models, dropped = drop_stale({name: _int_keys(cells) for name, cells in cost.get("models", {}).items()})
     variants, dropped_v = drop_stale({name: _int_keys(cells) for name, cells in cost.get("variants", {}).items()
-                                      if cells}, variants=True)  # fmt: skip
+                                      if cells}, variants=True)
     variants = {name: cells for name, cells in variants.items() if cells}
     ops = {op: _int_keys(cells) for op, cells in results.get("ops", {}).items()}
     train = results.get("train", {})
@@ -97,7 +98,8 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     unit = "GPU memory" if gpu else "resident memory"
     out = [
         f"Generated on {results.get('date', datetime.date.today().isoformat())} by:", "",
-        *[f"- {part}: " + "; then ".join(f"`{c}`" for c in cmds) for part, cmds in _commands(results, command).items()], "",
+        *[f"- {part}: " + "; then ".join(f"`{c}`" for c in cmds)
+          for part, cmds in _commands(results, command).items()], "",
         f"**Machine**: {_machine_line(results, cfg)}. Threads used: {cfg.threads or 'torch default'}. "
         f"Device: `{cfg.device}`" + (" (bf16 autocast)." if gpu else "."), "",
         "All models: stem 64, stage widths 128/256/512, k = 16 neighbours, 4 heads, T = 2 shared-weight steps, the "
@@ -132,7 +134,7 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
         f"{h} Cost against N", "",
         "| model | N | fwd+bwd ms | × | infer samples/s | × | peak MiB | × | GFLOPs | params | reps | note |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]  # fmt: skip
+    ]
     for name, cells in models.items():
         out += _cost_rows(label[name], cells, ref)
     if dropped + dropped_v:
@@ -144,7 +146,7 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
                 f"at the same variant and N (like for like). {COMPILED} rows: ratios against the same model "
                 "uncompiled (the compile's speed-up).", "",
                 "| variant | N | fwd+bwd ms | × | infer samples/s | × | peak MiB | × | GFLOPs | params | reps | note |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for name, cells in variants.items():
             model, _, variant = name.rpartition("@")
             if variant == COMPILED:
@@ -154,7 +156,7 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
             else:
                 out += _cost_rows(f"Centroid (local), {name}", cells, ref)
     out += ["", f"{h} Growth of fwd+bwd time with N (least-squares slope of log time against log N)", "",
-            "| model | N range | slope |", "|---|---|---:|"]  # fmt: skip
+            "| model | N range | slope |", "|---|---|---:|"]
     for name, cells in models.items():
         ok = [(n, r["train_ms"]) for n, r in cells.items() if not r.get("error")]
         s = loglog_slope([n for n, _ in ok], [t for _, t in ok])
@@ -170,13 +172,14 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
 
 
 def _render_ops(cfg: Config, ops: dict, h: str) -> list[str]:
-    out = ["", f"{h} Neighbour search and sampling (ms per batch of {cfg.batch}; kNN k = 16 of N/2 queries; FPS of N/2)", "",
+    out = ["", f"{h} Neighbour search and sampling (ms per batch of {cfg.batch}; kNN k = 16 of N/2 queries; "
+           "FPS of N/2)", "",
            "`fps_auto` is the models' own sampling: exact FPS by one custom operator (`torch_quickfps` on the CPU, "
            "the batch's clouds in parallel; a Triton kernel on CUDA). `fps_order_data` is the data side's exact "
            "FPS order of every cloud (fpsample, one cloud at a time, in loader workers), needed only by "
            "`sampling: prefix` models (`fps_order: true`). `knn_auto` is the exact grid kNN from 4096 points on; "
            "`brute`/`exact` are the plain reference paths.", "",
-           "| N | " + " | ".join(OPS) + " |", "|---:|" + "---:|" * len(OPS)]  # fmt: skip
+           "| N | " + " | ".join(OPS) + " |", "|---:|" + "---:|" * len(OPS)]
     for n in sorted({n for cells in ops.values() for n in cells}):
         row = []
         for op in OPS:
@@ -186,7 +189,8 @@ def _render_ops(cfg: Config, ops: dict, h: str) -> list[str]:
     notes = sorted({f"{op}: {r['error']}" for op, cells in ops.items() for r in cells.values() if r.get("error")})
     out += [""] + [f"- {x}" for x in notes] if notes else []
     if not any(op.endswith("torch_cluster") for op in ops):
-        out += ["", "torch_cluster columns: n/a (not installed; pass `--torch-cluster-python` to a Python that has it)."]
+        out += ["", "torch_cluster columns: n/a (not installed; pass `--torch-cluster-python` to a Python that "
+                "has it)."]
     return out
 
 
@@ -200,23 +204,25 @@ def _commands(results: dict, command: str) -> dict[str, list[str]]:
 def _render_train(cfg: Config, train: dict, h: str) -> list[str]:
     if not train:
         return []
-    out = ["", f"{h} Equal-budget training (generated data, xyz only, {cfg.train_points} points, {cfg.train_epochs} epochs, "
+    out = ["", f"{h} Equal-budget training (generated data, xyz only, {cfg.train_points} points, "
+           f"{cfg.train_epochs} epochs, "
            f"{len(next(iter(train.values())))} seeds)", "",
            "One recipe for every model (`benchmarks/training.py`): AdamW (lr 1e-3, weight decay 0.05), linear warm-up "
            "over the first epoch then cosine per step, label smoothing 0.1, batch 16, head dropout 0.5, the data "
            "modules' training augmentation (scale, translate, jitter, point dropout), widths halved (stem 32, stages "
-           f"64/128/256) to fit the CPU budget. {cfg.train_per_class} training and {cfg.test_per_class} test shapes per "
-           "class, 12 classes (chance 8.3 %): one test shape is "
+           f"64/128/256) to fit the CPU budget. {cfg.train_per_class} training and {cfg.test_per_class} test "
+           "shapes per class, 12 classes (chance 8.3 %): one test shape is "
            f"{100 / (12 * cfg.test_per_class):.2f} points and the binomial standard error of a single run at 97 % is "
-           f"{100 * (0.97 * 0.03 / (12 * cfg.test_per_class)) ** 0.5:.1f} points (with 10 test shapes per class, 120 in "
-           "all, it was 1.6 points: the seed spread could not be resolved to 1.5 points). Test accuracy of the **last** "
-           "epoch (no best-epoch picking, no voting), "
-           "mean ± sample std over seeds; the seed sets initialisation, data order and augmentation. *train s*: wall time "
-           f"of one run with {cfg.jobs} run{'s' if cfg.jobs != 1 else ''} side by side, one thread each (indicative: the cost tables are the "
-           "timing reference). Every row names its options; *(before)* rows are the models as they were before "
-           "issue 12, and docs/operator.md §6 says which options are the defaults and why.", "",
+           f"{100 * (0.97 * 0.03 / (12 * cfg.test_per_class)) ** 0.5:.1f} points (with 10 test shapes per class, "
+           "120 in all, it was 1.6 points: the seed spread could not be resolved to 1.5 points). Test accuracy of "
+           "the **last** epoch (no best-epoch picking, no voting), "
+           "mean ± sample std over seeds; the seed sets initialisation, data order and augmentation. *train s*: "
+           f"wall time of one run with {cfg.jobs} run{'s' if cfg.jobs != 1 else ''} side by side, one thread each "
+           "(indicative: the cost tables are the timing reference). Every row names its options; *(before)* rows "
+           "are the models as they were before issue 12, and docs/operator.md §6 says which options are the "
+           "defaults and why.", "",
            "| model | test acc % (mean ± std) | per seed | train loss, last epoch | train s / run |",
-           "|---|---:|---|---:|---:|"]  # fmt: skip
+           "|---|---:|---|---:|---:|"]
     for label, runs in train.items():
         ok = [r for r in runs if r.get("test_acc") is not None]
         errors = [r["error"] for r in runs if r.get("error")]

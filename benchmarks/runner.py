@@ -42,7 +42,7 @@ def run_child(module: str, payload: dict, cfg: Config, python: str | None = None
         proc = subprocess.run(
             [python or sys.executable, "-m", module, json.dumps(payload)], cwd=REPO, env=env, capture_output=True,
             text=True, timeout=cfg.cell_timeout_s, preexec_fn=cap,
-        )  # fmt: skip
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"over the {cfg.cell_timeout_s:.0f} s cell limit"}
     for line in proc.stdout.splitlines():
@@ -77,7 +77,8 @@ def _predicted_s(done: list[tuple[int, float]], n: int) -> float | None:
 
 
 def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: str, python: str | None = None,
-          ratios: list[int] = list(RATIOS), steps: int = 2, options: dict | None = None,
+          ratios: list[int] = list(RATIOS),  # noqa: B006 -- never mutated
+          steps: int = 2, options: dict | None = None,
           widths: list[int] = list(WIDTHS)) -> dict:  # noqa: B006 -- never mutated
     """Cells of ``names`` over their sizes, ascending; sizes past a failure or the time limit are skipped.
 
@@ -95,13 +96,15 @@ def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: st
                 continue
             # a cell takes about: warm-up + timed steps, one profiled step, inference (~⅓ a step each), FLOPs forward
             runs = 1 + max(cfg.min_repeats, 1)
-            if guess is not None and max(runs * guess * 4 / 3 + guess, 3 * guess + cfg.cell_budget_s) > cfg.cell_timeout_s:
-                stop[name] = f"skipped: predicted {guess:.0f} s per step from smaller N exceeds the {cfg.cell_timeout_s:.0f} s limit"
+            if guess is not None and max(runs * guess * 4 / 3 + guess,
+                                         3 * guess + cfg.cell_budget_s) > cfg.cell_timeout_s:
+                stop[name] = (f"skipped: predicted {guess:.0f} s per step from smaller N exceeds the "
+                              f"{cfg.cell_timeout_s:.0f} s limit")
                 results[name][n] = {"error": stop[name]}
                 continue
             spec = CellSpec(name, n, cfg.batch, cfg.repeats, cfg.cell_budget_s, cfg.threads, cfg.device,
                             compile=cfg.compile, ratios=ratios, steps=steps, options=options or {},
-                            widths=widths, min_repeats=cfg.min_repeats)  # fmt: skip
+                            widths=widths, min_repeats=cfg.min_repeats)
             print(f"[benchmark] {name} N={n} ratios={ratios} T={steps}", flush=True)
             res = {**run_child("benchmarks.harness", asdict(spec), cfg, python), **stamp}
             results[name][n] = res
@@ -119,16 +122,17 @@ def run_cost(cfg: Config) -> dict:
     sizes = {name: list(cfg.sizes) + (list(cfg.local_sizes) if name == REFERENCE else []) for name in cfg.models}
     models = sweep(cfg.models, sizes, cfg, "train_ms")
     if cfg.compile:
-        return {"models": {}, "variants": {("" if m == REFERENCE else f"{m}@") + COMPILED: c for m, c in models.items()}}
+        compiled = {("" if m == REFERENCE else f"{m}@") + COMPILED: c for m, c in models.items()}
+        return {"models": {}, "variants": compiled}
     variants = {}
     if REFERENCE in cfg.models:
         for label, v in VARIANTS.items():
             sizes = list(cfg.variant_sizes) + (list(cfg.local_sizes) if v.large else [])
             variants[label] = sweep([REFERENCE], {REFERENCE: sizes}, cfg, "train_ms", ratios=v.ratios, steps=v.steps,
-                                    options=v.options, widths=v.widths)[REFERENCE]  # fmt: skip
+                                    options=v.options, widths=v.widths)[REFERENCE]
             others = [m for m in v.baselines if m in cfg.models]
             done = sweep(others, {m: list(cfg.variant_sizes) for m in others}, cfg, "train_ms", ratios=v.ratios,
-                         steps=v.steps)  # fmt: skip
+                         steps=v.steps)
             variants.update({f"{m}@{label}": cells for m, cells in done.items()})
     return {"models": models, "variants": variants}
 
@@ -158,7 +162,7 @@ def run_train(cfg: Config) -> dict:
         for seed in range(cfg.seeds):
             spec = TrainSpec(name, cfg.data_root, cfg.train_points, cfg.train_epochs, threads=cfg.threads,
                              train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class, seed=seed,
-                             ratios=ratios, steps=steps, options=options)  # fmt: skip
+                             ratios=ratios, steps=steps, options=options)
             jobs.append((label, spec))
     if jobs:  # the data set and its cache are built once, before trainings run side by side
         prepare_training_data(jobs[0][1])
@@ -214,7 +218,7 @@ def drop_stale(tables: dict, variants: bool = False) -> tuple[dict, list[str]]:
         if old:
             at = sorted({str(cells[n].get("commit", "no commit")) for n in old})
             dropped.append(f"{name}: N = {', '.join(map(str, old))} (measured at {', '.join(at)}; code changed at "
-                           f"{changed})")  # fmt: skip
+                           f"{changed})")
     return kept, dropped
 
 
@@ -224,7 +228,7 @@ def provenance(device: str = "cpu") -> dict[str, str]:
     commit = _git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
     dirty = _git("status", "--porcelain", "--", "app", "benchmarks", "models", "datamodules").stdout.strip()
     return {"commit": commit + ("+dirty" if dirty else ""), "date": datetime.date.today().isoformat(),
-            "machine": machine(device), "torch": torch.__version__}  # fmt: skip
+            "machine": machine(device), "torch": torch.__version__}
 
 
 def machine(device: str = "cpu") -> str:
@@ -239,4 +243,4 @@ def machine(device: str = "cpu") -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads by default), "
-            f"Python {platform.python_version()}, GPU: {gpu}")  # fmt: skip
+            f"Python {platform.python_version()}, GPU: {gpu}")

@@ -67,9 +67,9 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 def prepare_training_data(spec: TrainSpec) -> ModelNetDataModule:
     """The generated data set of ``spec`` (the same for every seed and model), generated and cached once."""
     gen = GeneratorConfig(train_per_class=spec.train_per_class, val_per_class=1, test_per_class=spec.test_per_class,
-                          points=max(1024, spec.num_points), seed=0)  # fmt: skip
+                          points=max(1024, spec.num_points), seed=0)
     dm = ModelNetDataModule(root=spec.data_root, format="generated", num_points=spec.num_points,
-                            use_normals=False, batch_size=spec.batch_size, seed=0, generator=gen)  # fmt: skip
+                            use_normals=False, batch_size=spec.batch_size, seed=0, generator=gen)
     dm.prepare_data()
     return dm
 
@@ -83,7 +83,7 @@ def setup_run(spec: TrainSpec) -> tuple[ModelNetDataModule, Classifier, torch.op
     dm.setup("fit")
     dm.setup("test")
     model = build_classifier(spec.name, spec.num_points, dm.num_classes, dropout=spec.dropout, ratios=spec.ratios,
-                             steps=spec.steps, options=spec.options, widths=spec.widths)  # fmt: skip
+                             steps=spec.steps, options=spec.options, widths=spec.widths)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     per_epoch = len(dm.train_dataloader())
     sched = LambdaLR(opt, lambda s: warmup_cosine(s, per_epoch, per_epoch * spec.epochs))

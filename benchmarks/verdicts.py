@@ -59,7 +59,7 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
         verdict = speed if gpu or _within_half(mem, tensors) else "not met"
         mem_goal, mem_txt = ("", "") if gpu else (" and ≤ ½ of its peak memory", _memory_text(mem, tensors))
         lines.append(f"- N = 4096, centroid training step ≥ 4× faster than full attention{mem_goal}: "
-                     f"**{verdict}** ({speed_txt} faster{mem_txt}).")  # fmt: skip
+                     f"**{verdict}** ({speed_txt} faster{mem_txt}).")
     else:
         why = f4.get("error") or c4.get("error") or "not measured"
         lines.append(f"- N = 4096 speed/memory against full attention: **not measured** ({why}).")
@@ -70,37 +70,39 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
             speed, (mem, tensors) = f["train_ms"] / c["train_ms"], _memory_ratios(c, f)
             ok = speed >= 4 and (gpu or _within_half(mem, tensors))
             lines.append(f"  - both at {variant}: **{'met' if ok else 'not met'}** ({speed:.2f}× faster"
-                         + ("" if gpu else _memory_text(mem, tensors)) + ").")  # fmt: skip
+                         + ("" if gpu else _memory_text(mem, tensors)) + ").")
     recompute = next((cells for name, cells in variants.items() if name.startswith("recompute")), {})
     rc4 = recompute.get(4096, {})
     if not gpu and rc4.get("train_ms") and f4.get("train_ms"):  # the memory option against the default baseline
         speed, (mem, tensors) = f4["train_ms"] / rc4["train_ms"], _memory_ratios(rc4, f4)
         ok = speed >= 4 and _within_half(mem, tensors)
         lines.append(f"  - centroid with `recompute: true`: **{'met' if ok else 'not met'}** ({speed:.2f}× faster"
-                     f"{_memory_text(mem, tensors)}).")  # fmt: skip
-    c1, p1, f1 = ref.get(1024, {}), models.get("pointnet2", {}).get(1024, {}), models.get("full_attention", {}).get(1024, {})
+                     f"{_memory_text(mem, tensors)}).")
+    c1 = ref.get(1024, {})
+    p1, f1 = models.get("pointnet2", {}).get(1024, {}), models.get("full_attention", {}).get(1024, {})
     if gpu and c1.get("train_ms") and p1.get("train_ms") and f1.get("train_ms"):
         vs_full, vs_pn = f1["train_ms"] / c1["train_ms"], p1["train_ms"] / c1["train_ms"]
         sps = cfg.batch / c1["train_ms"] * 1e3
         lines.append(f"- GPU, N = 1024, batch {cfg.batch}: training samples/s ≥ 2× full attention and ≥ PointNet++ "
                      f"(aim 1.5×): **{'met' if vs_full >= 2 and vs_pn >= 1 else 'not met'}** ({sps:.0f} samples/s; "
-                     f"{vs_full:.2f}× full attention, {vs_pn:.2f}× PointNet++).")  # fmt: skip
+                     f"{vs_full:.2f}× full attention, {vs_pn:.2f}× PointNet++).")
     if gpu and c1.get("kernel_frac") is not None:
         frac = c1["kernel_frac"]
-        lines.append(f"- GPU, N = 1024: kernel time ≥ 80 % of the step's wall time: **{'met' if frac >= 0.8 else 'not met'}** "
-                     f"(GPU busy {100 * frac:.0f} % of a fwd+bwd step).")  # fmt: skip
+        lines.append("- GPU, N = 1024: kernel time ≥ 80 % of the step's wall time: "
+                     f"**{'met' if frac >= 0.8 else 'not met'}** "
+                     f"(GPU busy {100 * frac:.0f} % of a fwd+bwd step).")
     if gpu:
         ran = [cfg.batch * n // RATIOS[0] for n, r in ref.items() if not r.get("error")]
         failed = [f"N = {n}: {r['error'][:80]}" for n, r in ref.items() if r.get("error")]
         lines.append(f"- GPU, no failure up to B·M = 2²¹: largest B·M (batch × first-stage centroids) run here "
                      f"{max(ran, default=0):,}; failed cells: {'; '.join(failed) or 'none'}. The kernels at "
-                     "B·M = 2²¹ are run by `pytest -m gpu` (tests/models/test_backbone.py).")  # fmt: skip
+                     "B·M = 2²¹ are run by `pytest -m gpu` (tests/models/test_backbone.py).")
     if c1.get("infer_sps") and p1.get("infer_sps"):
         verdict, ratio = speed_verdict({"train_ms": 1 / p1["infer_sps"], "range": _inverse(p1.get("infer_range_sps"))},
                                        {"train_ms": 1 / c1["infer_sps"], "range": _inverse(c1.get("infer_range_sps"))},
-                                       1.0, key="range")  # fmt: skip
+                                       1.0, key="range")
         lines.append(f"- Inference at N = 1024 ≥ PointNet++ SSG (aim 1.5×): **{verdict}** "
-                     f"({c1['infer_sps']:.1f} vs {p1['infer_sps']:.1f} samples/s, {ratio}).")  # fmt: skip
+                     f"({c1['infer_sps']:.1f} vs {p1['infer_sps']:.1f} samples/s, {ratio}).")
     else:
         lines.append("- Inference at N = 1024 against PointNet++: **not measured**.")
     if not gpu:  # a CPU target
@@ -110,14 +112,15 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
         if big is None or gpu:
             continue
         if big.get("error"):
-            lines.append(f"- 131 072 points, batch {cfg.batch}, under 12 GiB ({how}): **not met** ({big['error'][:100]}).")
+            lines.append(f"- 131 072 points, batch {cfg.batch}, under 12 GiB ({how}): **not met** "
+                         f"({big['error'][:100]}).")
         else:
             lines.append(f"- 131 072 points, batch {cfg.batch}, under 12 GiB ({how}): "
                          f"**{'met' if big['peak_mib'] < 12 * 1024 else 'not met'}** "
-                         f"(peak {big['peak_mib'] / 1024:.1f} GiB, fwd+bwd {big['train_ms'] / 1e3:.1f} s).")  # fmt: skip
+                         f"(peak {big['peak_mib'] / 1024:.1f} GiB, fwd+bwd {big['train_ms'] / 1e3:.1f} s).")
     if not gpu:
         lines.append("- GPU targets (no failure up to B·M = 2²¹, batch-128 training throughput, kernel time ≥ 80 % of "
-                     "the step): not part of a CPU run (`--device cuda`; see *GPU run* where there is one).")  # fmt: skip
+                     "the step): not part of a CPU run (`--device cuda`; see *GPU run* where there is one).")
     return lines
 
 
@@ -130,7 +133,8 @@ def _slope_target(ref: dict) -> str:
     verdict = "met" if slope <= 1.1 else "not met"
     if local[-1][0] < tried:
         verdict = f"not verified up to N = {tried}; {verdict} up to N = {local[-1][0]}"
-    return f"- Local mode slope ≤ 1.1 from 4k to 64k: **{verdict}** (slope {slope:.3f} over N = {local[0][0]}–{local[-1][0]})."
+    return (f"- Local mode slope ≤ 1.1 from 4k to 64k: **{verdict}** "
+            f"(slope {slope:.3f} over N = {local[0][0]}–{local[-1][0]}).")
 
 
 def train_targets(train: dict) -> list[str]:
@@ -145,11 +149,13 @@ def train_targets(train: dict) -> list[str]:
         if len(ours) > 1 and len(theirs) > 1:
             m, s, r = statistics.fmean(ours), statistics.stdev(ours), statistics.fmean(theirs)
             verdict = "met" if m >= r and s <= 1.5 else "not met"
-            lines.append(f"- Training: centroid backbone (defaults) ≥ {ref} on the mean, std ≤ 1.5 points: **{verdict}** "
-                         f"({m:.1f} ± {s:.1f} vs {r:.1f} ± {statistics.stdev(theirs):.1f} %).")  # fmt: skip
+            lines.append(f"- Training: centroid backbone (defaults) ≥ {ref} on the mean, std ≤ 1.5 points: "
+                         f"**{verdict}** "
+                         f"({m:.1f} ± {s:.1f} vs {r:.1f} ± {statistics.stdev(theirs):.1f} %).")
     full = accs("Full self-attention")
     if full:
         m = statistics.fmean(full)
-        lines.append(f"- Training: full self-attention clearly above chance (8.3 %; taken as ≥ 25 %): **{'met' if m >= 25 else 'not met'}** "
-                     f"({m:.1f} %, per seed {', '.join(f'{a:.1f}' for a in full)}).")  # fmt: skip
+        lines.append("- Training: full self-attention clearly above chance (8.3 %; taken as ≥ 25 %): "
+                     f"**{'met' if m >= 25 else 'not met'}** "
+                     f"({m:.1f} %, per seed {', '.join(f'{a:.1f}' for a in full)}).")
     return lines

@@ -118,7 +118,9 @@ class PointCloudDataModule(LightningDataModule, ABC):
         """The data set's format; a clear error when the folder holds no data yet."""
         fmt = self._resolved_format()
         if fmt is None:
-            raise DataFormatError(self.root, f"no {self.family} data found: call prepare_data() (download/generate) first")
+            raise DataFormatError(
+                self.root, f"no {self.family} data found: call prepare_data() (download/generate) first"
+            )
         return fmt
 
     def _fixed_points(self, source: object, split: str, settings: dict, cache_name: str) -> dict[str, np.ndarray]:
@@ -132,11 +134,11 @@ class PointCloudDataModule(LightningDataModule, ABC):
         if not files:
             raise DataFormatError(self.root, f"the {split} split has no files{self.empty_split_hint}")
         settings = {"split": split, "num_points": self.num_points, "sampling": self.sampling, "seed": self.seed,
-                    "missing_files": self.missing_files, "order": "fps", **settings}  # fmt: skip
+                    "missing_files": self.missing_files, "order": "fps", **settings}
         return cached(
             self.cache_dir, cache_name, settings, files,
             lambda: build_fixed(source.clouds(split), self.num_points, self.sampling, self.seed),
-        )  # fmt: skip
+        )
 
     def _dataset(self, arrays: dict[str, np.ndarray], indices: np.ndarray | None, train: bool) -> PointCloudDataset:
         """Training samples are augmented (then, with ``fps_order``, put back in FPS order); the others come

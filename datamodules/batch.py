@@ -3,15 +3,18 @@
 A batch is a ``dict[str, Tensor]``; every batch has a fixed number of points N (resampled on the data side by FPS
 or a random subset, at cache-build time), so models get no masks.
 
-| key        | shape     | dtype   | when                                                                        |
-|------------|-----------|---------|-----------------------------------------------------------------------------|
-| ``pos``      | [B, N, 3] | float32 | always; each cloud centred and scaled into the unit sphere (before augmentation) |
-| ``normal``   | [B, N, 3] | float32 | when ``use_normals`` and the source has normals (generated data has them)   |
-| ``label``    | [B]       | int64   | classification: class index into ``class_names``                            |
-| ``part``     | [B, N]    | int64   | segmentation: GLOBAL part id of each point (0..num_parts-1)                 |
-| ``category`` | [B]       | int64   | segmentation: category index into ``category_names``                       |
-| ``index``    | [B]       | int64   | always: the sample's index in its split (de-duplicates DistributedSampler padding under DDP) |
-| ``source_index`` | [B, N] | int64  | ``predict`` on files: each point's row in its file (``datamodules.files.file_points``) |
+| key              | shape     | dtype   | when                                                                      |
+|------------------|-----------|---------|---------------------------------------------------------------------------|
+| ``pos``          | [B, N, 3] | float32 | always; each cloud centred and scaled into the unit sphere (before        |
+|                  |           |         | augmentation)                                                             |
+| ``normal``       | [B, N, 3] | float32 | when ``use_normals`` and the source has normals (generated data has them) |
+| ``label``        | [B]       | int64   | classification: class index into ``class_names``                          |
+| ``part``         | [B, N]    | int64   | segmentation: GLOBAL part id of each point (0..num_parts-1)               |
+| ``category``     | [B]       | int64   | segmentation: category index into ``category_names``                     |
+| ``index``        | [B]       | int64   | always: the sample's index in its split (de-duplicates                    |
+|                  |           |         | DistributedSampler padding under DDP)                                     |
+| ``source_index`` | [B, N]    | int64   | ``predict`` on files: each point's row in its file                        |
+|                  |           |         | (``datamodules.files.file_points``)                                       |
 
 Up axis: y. Point order carries no meaning (training shuffles it).
 """

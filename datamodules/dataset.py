@@ -16,7 +16,8 @@ class PointCloudDataset(Dataset[Sample]):
     """Samples ``{pos, [normal], label | (part, category), index}`` from arrays of equal length.
 
     Args:
-        arrays: ``pos [S, N, 3]``, optional ``normal [S, N, 3]``, and ``label [S]`` or ``part [S, N]`` + ``category [S]``.
+        arrays: ``pos [S, N, 3]``, optional ``normal [S, N, 3]``, and ``label [S]`` or ``part [S, N]`` +
+            ``category [S]``.
         indices: which rows form this split (``index`` in the batch is the position in this list).
         use_normals: put ``normal`` into the samples.
         transform: applied to each sample (training augmentation), or ``None``.

@@ -70,7 +70,8 @@ def read_table(path: str | Path) -> np.ndarray:
         if len(r) != len(first):
             if no == rows[-1][0] and len(r) < len(first):
                 raise DataFormatError(
-                    path, f"truncated: the last line (line {no}) has {len(r)} of the {len(first)} values of every other line"
+                    path,
+                    f"truncated: the last line (line {no}) has {len(r)} of the {len(first)} values of every other line",
                 )
             raise DataFormatError(path, f"line {no}: {len(r)} columns, but the first line has {len(first)}")
         for t in r:
@@ -93,19 +94,23 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         with path.open("rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            fmt = np.lib.format
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, _, dtype = read_header(f)
             offset = f.tell()
     except (OSError, ValueError) as e:
         raise DataFormatError(path, f"not a valid .npy file ({e})") from None
     if dtype.hasobject:
         raise DataFormatError(
-            path, "refused: it holds pickled Python objects, and unpickling can run code; save a plain numeric array instead"
+            path,
+            "refused: it holds pickled Python objects, and unpickling can run code; save a plain numeric array instead",
         )
     expected = int(np.prod(shape)) * dtype.itemsize
     present = path.stat().st_size - offset
     if present < expected:
-        raise DataFormatError(path, f"truncated: the header declares an array {list(shape)} of {expected} bytes, {present} are present")
+        raise DataFormatError(
+            path, f"truncated: the header declares an array {list(shape)} of {expected} bytes, {present} are present"
+        )
     return shape, dtype
 
 
@@ -182,7 +187,8 @@ def count_clouds(path: str | Path) -> int:
 
 # ---------------------------------------------------------------------------------------------- ply
 def _read_ply(path: Path, num_points: int, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """A PLY cloud (``vertex`` x, y, z[, nx, ny, nz]) or mesh (plus ``face`` vertex_indices), read strictly by plyfile."""
+    """A PLY cloud (``vertex`` x, y, z[, nx, ny, nz]) or mesh (plus ``face`` vertex_indices), read strictly by
+    plyfile."""
     try:
         ply = plyfile.PlyData.read(str(path))
     except plyfile.PlyElementParseError as e:
@@ -214,7 +220,9 @@ def _fan(path: Path, polygons: np.ndarray, num_vertices: int) -> np.ndarray:
     triangles = [[p[0], p[j], p[j + 1]] for p in polygons for j in range(1, len(p) - 1)]
     t = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
     if len(t) and (t.min() < 0 or t.max() >= num_vertices):
-        raise DataFormatError(path, f"a face uses vertex {int(t.max())}, but the header declares {num_vertices} vertices")
+        raise DataFormatError(
+            path, f"a face uses vertex {int(t.max())}, but the header declares {num_vertices} vertices"
+        )
     return t
 
 

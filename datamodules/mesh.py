@@ -84,7 +84,9 @@ def read_off(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         row = _ints(path, no, tokens, "a face")
         k = row[0]
         if no == body[-1][0] and 3 <= k >= len(row):
-            raise DataFormatError(path, f"truncated: the last face (line {no}) declares {k} corners, {len(row) - 1} are present")
+            raise DataFormatError(
+                path, f"truncated: the last face (line {no}) declares {k} corners, {len(row) - 1} are present"
+            )
         if k < 3 or len(row) < k + 1:
             raise DataFormatError(path, f"line {no}: a face needs 'k i1 .. ik' with k >= 3, got {' '.join(tokens)!r}")
         idx = row[1 : k + 1]

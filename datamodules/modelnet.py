@@ -13,8 +13,6 @@ import numpy as np
 
 from datamodules.base import PointCloudDataModule
 from datamodules.download import ARCHIVES, download_and_extract
-from datamodules.synthetic import CLASS_NAMES as GENERATED_CLASSES
-from datamodules.synthetic import GeneratorConfig
 from datamodules.io import DEFAULT_MESH_POINTS
 from datamodules.modelnet_formats import (
     MissingPolicy,
@@ -25,12 +23,18 @@ from datamodules.modelnet_formats import (
     detect_modelnet_format,
 )
 from datamodules.sampling import Sampling
+from datamodules.synthetic import CLASS_NAMES as GENERATED_CLASSES
+from datamodules.synthetic import GeneratorConfig
 from datamodules.tables import modelnet_classes
 from datamodules.transforms import Augment
 
 ModelNetFormat = Literal["auto", "off", "normal_resampled", "ply_hdf5", "generated"]
 #: What ``download=True`` fetches per format (``auto``: the smallest archive, which has a mirror).
-DOWNLOADS = {"off": "modelnet{name}_off", "normal_resampled": "modelnet40_normal_resampled", "ply_hdf5": "modelnet40_ply_hdf5_2048"}
+DOWNLOADS = {
+    "off": "modelnet{name}_off",
+    "normal_resampled": "modelnet40_normal_resampled",
+    "ply_hdf5": "modelnet40_ply_hdf5_2048",
+}
 
 
 class ModelNetDataModule(PointCloudDataModule):
@@ -77,7 +81,7 @@ class ModelNetDataModule(PointCloudDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         download: bool = False,
-        augment: Augment | None = Augment(),
+        augment: Augment | None = Augment(),  # noqa: B008 -- never mutated (the epoch lives in PerSampleSeeded)
         val_split: float | Literal["test"] = "test",
         seed: int = 0,
         missing_files: MissingPolicy = "error",

@@ -178,7 +178,9 @@ class PlyH5Source:
             a = read_h5_arrays(path, ("data", "label"), ("normal",))
             data, label = a["data"].astype(np.float32), a["label"].reshape(-1).astype(np.int64)
             if data.ndim != 3 or data.shape[-1] != 3 or len(label) != len(data):
-                raise DataFormatError(path, f"'data' {list(data.shape)} / 'label' {len(label)}: expected [B, N, 3] / [B]")
+                raise DataFormatError(
+                    path, f"'data' {list(data.shape)} / 'label' {len(label)}: expected [B, N, 3] / [B]"
+                )
             bad = (label < 0) | (label >= len(self.class_names))
             if bad.any():
                 raise DataFormatError(path, f"label {label[bad][0]} outside 0..{len(self.class_names) - 1}")

@@ -57,7 +57,9 @@ def check_parts(where: str, part: np.ndarray, category: int, table: PartTable) -
     foreign = ~np.isin(ids, allowed)
     if foreign.any():
         cat = table.categories[category]
-        raise DataFormatError(where, f"part label {ids[foreign][0]} does not belong to {cat.name} (parts {list(allowed)})")
+        raise DataFormatError(
+            where, f"part label {ids[foreign][0]} does not belong to {cat.name} (parts {list(allowed)})"
+        )
     return ids
 
 
@@ -113,7 +115,8 @@ class TxtSegSource:
 
 
 class H5SegSource:
-    """``hdf5_data/ply_data_{train,val,test}<k>.h5`` with ``data`` [B,N,3], ``label`` (category) [B,1], ``pid`` [B,N]."""
+    """``hdf5_data/ply_data_{train,val,test}<k>.h5`` with ``data`` [B,N,3], ``label`` (category) [B,1], ``pid``
+    [B,N]."""
 
     def __init__(self, root: Path, table: PartTable, selected: list[int], missing: MissingPolicy = "error") -> None:
         self.root, self.table, self.selected, self.missing = root, table, set(selected), missing
@@ -128,11 +131,15 @@ class H5SegSource:
             a = read_h5_arrays(path, ("data", "label", "pid"), ("normal",))
             data, cat, pid = a["data"].astype(np.float32), a["label"].reshape(-1).astype(np.int64), a["pid"]
             if data.ndim != 3 or len(cat) != len(data) or pid.shape != data.shape[:2]:
-                raise DataFormatError(path, f"'data' {list(data.shape)}, 'label' {len(cat)}, 'pid' {list(pid.shape)} disagree")
+                raise DataFormatError(
+                    path, f"'data' {list(data.shape)}, 'label' {len(cat)}, 'pid' {list(pid.shape)} disagree"
+                )
             bad = (cat < 0) | (cat >= len(self.table.categories))
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise DataFormatError(f"{path}[{i}]", f"category label {cat[i]} outside 0..{len(self.table.categories) - 1}")
+                raise DataFormatError(
+                    f"{path}[{i}]", f"category label {cat[i]} outside 0..{len(self.table.categories) - 1}"
+                )
             for i in np.flatnonzero(np.isin(cat, list(self.selected))):
                 where = f"{path}[{i}]"
                 n = a["normal"][i].astype(np.float32) if self.has_normals else None

@@ -14,11 +14,11 @@ import torch
 
 from datamodules.base import PointCloudDataModule
 from datamodules.download import ARCHIVES, download_and_extract
-from datamodules.synthetic import PART_TABLE as GENERATED_TABLE
-from datamodules.synthetic import GeneratorConfig
 from datamodules.modelnet_formats import MissingPolicy
 from datamodules.sampling import Sampling
 from datamodules.shapenet_formats import H5SegSource, TxtSegSource, detect_shapenet_format, load_part_table
+from datamodules.synthetic import PART_TABLE as GENERATED_TABLE
+from datamodules.synthetic import GeneratorConfig
 from datamodules.tables import SHAPENETPART_TABLE, PartTable
 from datamodules.transforms import Augment
 
@@ -58,7 +58,7 @@ class ShapeNetPartDataModule(PointCloudDataModule):
         batch_size: int = 16,
         num_workers: int = 0,
         download: bool = False,
-        augment: Augment | None = Augment(scale=(0.8, 1.25), dropout_max=0.0),
+        augment: Augment | None = Augment(scale=(0.8, 1.25), dropout_max=0.0),  # noqa: B008 -- never mutated
         seed: int = 0,
         missing_files: MissingPolicy = "error",
         cache_dir: str | None = None,
@@ -115,8 +115,10 @@ class ShapeNetPartDataModule(PointCloudDataModule):
 
     def _arrays(self, split: str) -> dict[str, np.ndarray]:
         fmt = self._found_format()
-        source = (H5SegSource if fmt == "hdf5" else TxtSegSource)(self.root, self.table, self.selected, self.missing_files)
-        built = self._fixed_points(source, split, {"format": fmt, "categories": self.selected}, f"shapenetpart-{fmt}-{split}")
+        source_cls = H5SegSource if fmt == "hdf5" else TxtSegSource
+        source = source_cls(self.root, self.table, self.selected, self.missing_files)
+        built = self._fixed_points(source, split, {"format": fmt, "categories": self.selected},
+                                   f"shapenetpart-{fmt}-{split}")
         points = built["points"]
         arrays = {"pos": points[..., :3], "part": points[..., -1].astype(np.int64), "category": built["label"]}
         if points.shape[-1] == 7:

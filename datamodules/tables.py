@@ -10,12 +10,12 @@ MODELNET40_CLASSES: tuple[str, ...] = (
     "cup", "curtain", "desk", "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp",
     "laptop", "mantel", "monitor", "night_stand", "person", "piano", "plant", "radio", "range_hood", "sink",
     "sofa", "stairs", "stool", "table", "tent", "toilet", "tv_stand", "vase", "wardrobe", "xbox",
-)  # fmt: skip
+)
 
 #: The ModelNet10 subset, in its own label order (alphabetical).
 MODELNET10_CLASSES: tuple[str, ...] = (
     "bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet",
-)  # fmt: skip
+)
 
 
 def modelnet_classes(name: str) -> tuple[str, ...]:
@@ -58,7 +58,7 @@ class PartTable:
         return [{"name": c.name, "synset": c.synset, "parts": list(c.parts)} for c in self.categories]
 
     @classmethod
-    def from_json(cls, rows: list[dict]) -> "PartTable":
+    def from_json(cls, rows: list[dict]) -> PartTable:
         return cls(tuple(Category(r["name"], r["synset"], tuple(int(p) for p in r["parts"])) for r in rows))
 
 
@@ -74,4 +74,4 @@ SHAPENETPART_TABLE: PartTable = _ranges([
     ("Laptop", "03642806", 28, 29), ("Motorbike", "03790512", 30, 35), ("Mug", "03797390", 36, 37),
     ("Pistol", "03948459", 38, 40), ("Rocket", "04099429", 41, 43), ("Skateboard", "04225987", 44, 46),
     ("Table", "04379243", 47, 49),
-])  # fmt: skip
+])

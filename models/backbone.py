@@ -123,7 +123,7 @@ class KNNInit(nn.Module):
         if self.hidden is None and isinstance(self.norm, _BatchNorm):  # no pair is built (docs/operator.md §7)
             pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
                                             centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index,
-                                            kernel=self.kernel)  # fmt: skip
+                                            kernel=self.kernel)
             return self.proj(torch.relu(pooled.view(B, M, C)))
         rel = gather(points, neighbors) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
         if self.hidden is not None:
@@ -132,7 +132,7 @@ class KNNInit(nn.Module):
             return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
         # max_k LN(z_ij) without keeping the (B, M, k, C) pairs
         pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
-                              index, kernel=self.kernel)  # fmt: skip
+                              index, kernel=self.kernel)
         return self.proj(torch.relu(pooled.view(B, M, C)))
 
 
@@ -225,7 +225,7 @@ class CentroidStage(nn.Module):
         in_dim: int,
         out_dim: int,
         num_centroids: int,
-        settings: StageSettings = StageSettings(),  # noqa: B008 -- frozen: one immutable default
+        settings: StageSettings = StageSettings(),
         sampling: Sampling = "fps",
     ) -> None:
         super().__init__()
@@ -240,11 +240,11 @@ class CentroidStage(nn.Module):
         self.normalize_offsets, self.recompute = settings.normalize_offsets, settings.recompute
         self.init = KNNInit(in_dim, out_dim, settings.init_layers, settings.init_norm, settings.kernel)
         block = dict(ffn_ratio=settings.ffn_ratio, dropout=settings.dropout, layer_scale=settings.layer_scale,
-                     kernel=settings.kernel)  # fmt: skip
+                     kernel=settings.kernel)
         self.attention = CentroidAttentionBlock(
             out_dim, settings.heads, settings.steps, mode=settings.mode, pos_encoding=settings.pos_encoding,
             clustering_norm=settings.clustering_norm, kv_dim=in_dim, **block,
-        )  # fmt: skip
+        )
         self.self_attention = nn.ModuleList(
             CentroidAttentionBlock(out_dim, settings.heads, 1, mode="global", pos_encoding=False, **block)
             for _ in range(settings.self_attention_blocks)
@@ -252,7 +252,7 @@ class CentroidStage(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_centroids={self.num_centroids}, k={self.k}, k_attn={self.k_attn}, sampling={self.sampling}, "
-                f"normalize_offsets={self.normalize_offsets}")  # fmt: skip
+                f"normalize_offsets={self.normalize_offsets}")
 
     def seeds(self, pos: Tensor) -> Tensor:
         """Indices ``[B, M]`` long of the stage's seeds among its inputs ``pos [B, N, 3]``."""
@@ -266,7 +266,7 @@ class CentroidStage(nn.Module):
         """pos ``[B, N, 3]``, x ``[B, N, in_dim]`` → :class:`StageOutput` with M centroids of width out_dim."""
         if self.recompute and torch.is_grad_enabled():  # nothing inside is kept for backward but the inputs
             return checkpoint(self._forward, pos, x, return_attention, stage, use_reentrant=False,
-                              context_fn=self._checkpoint_contexts)  # fmt: skip
+                              context_fn=self._checkpoint_contexts)
         return self._forward(pos, x, return_attention, stage)
 
     def _checkpoint_contexts(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
@@ -335,8 +335,8 @@ class CentroidBackbone(nn.Module):
         in_channels: int = 0,
         stem_width: int = 64,
         num_centroids: list[int] = [512, 256, 128],  # noqa: B006 -- lists of ints for jsonargparse, never mutated
-        widths: list[int] = [128, 256, 512],  # noqa: B006
-        stage: StageSettings = StageSettings(),  # noqa: B008 -- frozen: one immutable default
+        widths: list[int] = [128, 256, 512],  # noqa: B006 -- lists of ints for jsonargparse, never mutated
+        stage: StageSettings = StageSettings(),
         sampling: Sampling = "fps",
     ) -> None:
         super().__init__()

@@ -223,7 +223,7 @@ class CentroidAttention(nn.Module):
         out, weights = local_attention(
             q.reshape(B * M, h, d), kv.key.reshape(-1, h, d), kv.value.reshape(-1, h, d), kv.pairs, d**-0.5,
             *position, kernel=self.kernel, dropout=p, max_rows=self.max_rows,
-        )  # fmt: skip
+        )
         return out.view(B, M, h, d), weights.reshape(B, M, K, h).permute(0, 3, 1, 2)
 
     def _fast(self, q: Tensor, kv: KeyValues, p: float) -> tuple[Tensor, Tensor]:
@@ -233,7 +233,7 @@ class CentroidAttention(nn.Module):
         if M <= chunk:
             return self._fast_rows(q, kv.key, kv.value, kv.rel, p)
         parts = [self._fast_rows(q[:, s : s + chunk], kv.key, kv.value, None if kv.rel is None else
-                                 kv.rel[:, s : s + chunk], p) for s in range(0, M, chunk)]  # fmt: skip
+                                 kv.rel[:, s : s + chunk], p) for s in range(0, M, chunk)]
         out = torch.cat([o for o, _ in parts], dim=1).view(B, M, h, d)
         return out, torch.cat([w for _, w in parts], dim=2)
 

@@ -37,7 +37,7 @@ class ClassificationHead(nn.Module):
     num_categories = 0
 
     def __init__(
-        self, in_channels: int, num_classes: int, hidden: list[int] = [512, 256], dropout: float = 0.5  # noqa: B006
+        self, in_channels: int, num_classes: int, hidden: list[int] = [512, 256], dropout: float = 0.5  # noqa: B006 -- jsonargparse
     ) -> None:
         super().__init__()
         dims = [2 * in_channels, *hidden]

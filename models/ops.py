@@ -132,7 +132,7 @@ def _quickfps(pos: Tensor, m: int, start: Tensor) -> Tensor:
 
     Its start index is one for the whole batch, so each cloud's start is swapped to row 0 and the picks are
     mapped back through the swap."""
-    import torch_quickfps  # noqa: PLC0415 -- registers its operators on import
+    import torch_quickfps
 
     B, N, _ = pos.shape
     swap = torch.arange(N, device=pos.device).repeat(B, 1)
@@ -159,7 +159,7 @@ def _fps_op(pos: Tensor, m: int) -> Tensor:
     pos = pos.to(widest_dtype(torch.float32, pos))  # distances and the mean in float32 at least, never bf16
     start = farthest_from_mean(pos)
     if pos.device.type == "cuda" and TRITON:
-        from models.triton_fps import triton_farthest_point_sample  # noqa: PLC0415 -- Triton only where used
+        from models.triton_fps import triton_farthest_point_sample
 
         return triton_farthest_point_sample(pos, m, start, validate=False)
     if pos.device.type == "cpu" and QUICKFPS and pos.dtype != torch.float64:

@@ -49,7 +49,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 @triton.jit
 def _fps_kernel(
     pos_ptr, start_ptr, out_ptr, scratch_ptr, N, M, BLOCK_N: tl.constexpr, TILED: tl.constexpr, F64: tl.constexpr
-):  # fmt: skip
+):
     """One cloud: ``pos`` is ``[B, 3, N]`` (coordinates planar, coalesced loads), ``out`` ``[B, M]`` long, ``scratch``
     ``[B, N]`` running distances filled with +inf (tiled path only)."""
     ACC = tl.float64 if F64 else tl.float32  # the distances' dtype
@@ -100,7 +100,7 @@ def _num_warps(block_n: int) -> int:
 
 
 def triton_farthest_point_sample(pos: Tensor, m: int, start: Tensor, *, block: int | None = None,
-                                 validate: bool = True) -> Tensor:  # fmt: skip
+                                 validate: bool = True) -> Tensor:
     """Farthest point sampling of ``m`` indices per cloud from ``start``, in one kernel launch.
 
     The same indices as ``models.ops.farthest_point_sample(pos, m, method="exact", start=start)`` for float32 and
@@ -149,5 +149,5 @@ def triton_farthest_point_sample(pos: Tensor, m: int, start: Tensor, *, block: i
     block_n = block if tiled else max(16, triton.next_power_of_2(N))
     scratch = torch.full((B, N), float("inf"), dtype=acc, device=pos.device) if tiled else out  # unused if not tiled
     _fps_kernel[(B,)](planes, start, out, scratch, N, m, BLOCK_N=block_n, TILED=tiled, F64=acc == torch.float64,
-                      num_warps=_num_warps(block_n), enable_fp_fusion=False)  # fmt: skip
+                      num_warps=_num_warps(block_n), enable_fp_fusion=False)
     return out

@@ -10,7 +10,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [p for pattern in ("*.py", "*.yaml", "*.md", "*.ipynb", "Makefile") for p in REPO.rglob(pattern)
-           if not {".git", ".venv", "data", "runs", "outputs"} & set(p.relative_to(REPO).parts)]  # fmt: skip
+           if not {".git", ".venv", "data", "runs", "outputs"} & set(p.relative_to(REPO).parts)]
 # "docs/operator.md §2", "``docs/formats.md`` §1-3", "docs/formats.md §1 and §4"
 CITATION = re.compile(r"docs/([\w-]+\.md)`*\s*§\s*(\d+)(?:\s*(?:-|–|and)\s*§?\s*(\d+))?")
 OUTSIDE = re.compile(r"\bpaper\.md|data-formats\.md|architecture\.md|style\.md|libraries\.md|shared/[\w-]+\.md")
@@ -40,5 +40,5 @@ def test_every_cited_section_exists(path: Path, doc: str, section: int) -> None:
 def test_nothing_cites_documents_outside_the_repository() -> None:
     outside = [f"{p.relative_to(REPO)}:{n}" for p in SOURCES if p.name != "test_docs.py"
                for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
-               if OUTSIDE.search(line)]  # fmt: skip
+               if OUTSIDE.search(line)]
     assert not outside, f"citations of documents a clone does not have: {outside}"

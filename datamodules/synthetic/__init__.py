@@ -1,4 +1,5 @@
-"""Synthetic data sets (the generated default): parametric labelled 3-D shapes written in the real ModelNet/ShapeNetPart layouts."""
+"""Synthetic data sets (the generated default): parametric labelled 3-D shapes written in the real
+ModelNet/ShapeNetPart layouts."""
 
 from datamodules.synthetic.shapes import SHAPE_CLASSES, ShapeClass
 from datamodules.synthetic.write import CLASS_NAMES, PART_TABLE, GeneratorConfig, generate, sample_shape

@@ -1,4 +1,5 @@
-"""``python -m datamodules.synthetic --out DIR``: write ``DIR/generated_modelnet`` and ``DIR/generated_shapenetpart``."""
+"""``python -m datamodules.synthetic --out DIR``: write ``DIR/generated_modelnet`` and
+``DIR/generated_shapenetpart``."""
 
 from __future__ import annotations
 

@@ -30,7 +30,8 @@ def frustum(
     i, j = np.arange(SEGMENTS), (np.arange(SEGMENTS) + 1) % SEGMENTS
     f = [np.stack([i, j, j + SEGMENTS], 1), np.stack([i, j + SEGMENTS, i + SEGMENTS], 1)]
     if caps:
-        f += [np.stack([np.full_like(i, 2 * SEGMENTS), j, i], 1), np.stack([np.full_like(i, 2 * SEGMENTS + 1), i + SEGMENTS, j + SEGMENTS], 1)]
+        f += [np.stack([np.full_like(i, 2 * SEGMENTS), j, i], 1),
+              np.stack([np.full_like(i, 2 * SEGMENTS + 1), i + SEGMENTS, j + SEGMENTS], 1)]
     f = np.concatenate(f).astype(np.int64)
     if axis != "y":  # _orient swaps two coordinates (a reflection): keep the winding outward
         f = f[:, ::-1].copy()
@@ -43,7 +44,7 @@ def ellipsoid(center: tuple[float, float, float], radii: tuple[float, float, flo
     phi = np.linspace(0, np.pi, rows + 1)[1:-1]
     t = np.linspace(0, 2 * np.pi, SEGMENTS, endpoint=False)
     ring = np.stack([np.outer(np.sin(phi), np.cos(t)), np.outer(np.cos(phi), np.ones_like(t)),
-                     np.outer(np.sin(phi), np.sin(t))], -1).reshape(-1, 3)  # fmt: skip
+                     np.outer(np.sin(phi), np.sin(t))], -1).reshape(-1, 3)
     v = np.concatenate([[[0, 1, 0]], ring, [[0, -1, 0]]]) * np.asarray(radii) + np.asarray(center)
     f = []
     for s in range(SEGMENTS):
@@ -63,7 +64,7 @@ def tube_arc(center: tuple[float, float, float], radius: float, thickness: float
     u = np.linspace(0, 2 * np.pi, SEGMENTS // 2, endpoint=False)
     rr = radius + thickness * np.cos(u)[None, :]
     v = np.stack([rr * np.cos(ts)[:, None], rr * np.sin(ts)[:, None],
-                  np.broadcast_to(thickness * np.sin(u), (SEGMENTS, len(u)))], -1).reshape(-1, 3)  # fmt: skip
+                  np.broadcast_to(thickness * np.sin(u), (SEGMENTS, len(u)))], -1).reshape(-1, 3)
     m = SEGMENTS // 2
     f = []
     for a in range(SEGMENTS - 1):

@@ -120,7 +120,8 @@ def car(rng: np.random.Generator) -> PartMeshes:
         for sx in (-1, 1)
         for sz in (-1, 1)
     ]
-    return [(0, box((0, wr + h / 2, 0), (w, h, length))), (1, box((0, wr + h + ch / 2, -0.05), (w * 0.85, ch, cl)))] + wheels
+    body = [(0, box((0, wr + h / 2, 0), (w, h, length))), (1, box((0, wr + h + ch / 2, -0.05), (w * 0.85, ch, cl)))]
+    return body + wheels
 
 
 def bookshelf(rng: np.random.Generator) -> PartMeshes:

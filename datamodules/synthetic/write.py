@@ -25,8 +25,8 @@ import numpy as np
 
 from datamodules.errors import DataFormatError
 from datamodules.locks import target_lock
-from datamodules.synthetic.shapes import SHAPE_CLASSES, ShapeClass
 from datamodules.mesh import sample_surface
+from datamodules.synthetic.shapes import SHAPE_CLASSES, ShapeClass
 from datamodules.tables import Category, PartTable
 
 MARKER = "GENERATED.json"
@@ -50,7 +50,8 @@ class GeneratorConfig:
 CLASS_NAMES: list[str] = [c.name for c in SHAPE_CLASSES]
 PART_TABLE: PartTable = PartTable(
     tuple(
-        Category(c.name, f"9{i:07d}", tuple(range(sum(len(d.parts) for d in SHAPE_CLASSES[:i]), sum(len(d.parts) for d in SHAPE_CLASSES[: i + 1]))))
+        Category(c.name, f"9{i:07d}", tuple(range(sum(len(d.parts) for d in SHAPE_CLASSES[:i]),
+                                                 sum(len(d.parts) for d in SHAPE_CLASSES[: i + 1]))))
         for i, c in enumerate(SHAPE_CLASSES)
     )
 )
@@ -91,7 +92,8 @@ def _write_modelnet(out: Path, cfg: GeneratorConfig) -> None:
             splits["train" if k < cfg.train_per_class else "test"].append(shape_id)
     for split, ids in splits.items():
         (out / f"modelnet40_{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-    (out / "filelist.txt").write_text("".join(f"{i.rsplit('_', 1)[0]}/{i}.txt\n" for i in sorted(splits["train"] + splits["test"])))
+    names = sorted(splits["train"] + splits["test"])
+    (out / "filelist.txt").write_text("".join(f"{i.rsplit('_', 1)[0]}/{i}.txt\n" for i in names))
 
 
 def _write_shapenetpart(out: Path, cfg: GeneratorConfig) -> None:
@@ -113,7 +115,8 @@ def _write_shapenetpart(out: Path, cfg: GeneratorConfig) -> None:
     (out / "train_test_split").mkdir()
     for split, entries in lists.items():
         order = rng.permutation(len(entries))
-        (out / "train_test_split" / f"shuffled_{split}_file_list.json").write_text(json.dumps([entries[i] for i in order]))
+        listing = out / "train_test_split" / f"shuffled_{split}_file_list.json"
+        listing.write_text(json.dumps([entries[i] for i in order]))
 
 
 def generate(root: str | Path, kind: Kind, config: GeneratorConfig | None = None) -> Path:
@@ -140,7 +143,9 @@ def _generate(root: Path, kind: Kind, cfg: GeneratorConfig, stamp: dict) -> None
     """Write the data set into a temporary folder beside ``root`` and rename it into place (caller holds the lock)."""
     marker = root / MARKER
     if root.exists() and any(root.iterdir()) and not marker.is_file():
-        raise DataFormatError(root, "exists and is not a generated data set: refusing to overwrite it; pick another root")
+        raise DataFormatError(
+            root, "exists and is not a generated data set: refusing to overwrite it; pick another root"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.generating-"))
     try:

@@ -71,7 +71,7 @@ def local_attention(
     chosen = choose_kernel(kernel, q.device, "attention", dropout)
     if chosen == "gathered":
         return gathered_attention(q, key, value, pairs.index, scale, None if rel is None else (rel, w2, b2), dropout,
-                                  max_rows)  # fmt: skip
+                                  max_rows)
     (R, h, d), K = q.shape, pairs.index.shape[1]
     q_rel = None if rel is None else torch.einsum("rhd,hde->reh", q, w2)  # W_2^hᵀ q_i^h, (R, e, h)
     if chosen == "csr":

@@ -37,7 +37,7 @@ from models.ops import widest_dtype
 from models.pairs.layout import winner_dtype
 
 
-def chunked_attention(q, q_rel, key, value, rel, index, scale: float, chunk: int):  # noqa: ANN001, ANN202
+def chunked_attention(q, q_rel, key, value, rel, index, scale: float, chunk: int):
     """Local attention's forward, chunked over rows: ``out``, ``mixed`` (``None`` without rel) and the weights."""
     R, h, d = q.shape
     K = index.shape[1]
@@ -56,8 +56,8 @@ def chunked_attention(q, q_rel, key, value, rel, index, scale: float, chunk: int
     return out, mixed, weights
 
 
-def chunked_attention_backward(  # noqa: ANN202
-    g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale: float, chunk: int,  # noqa: ANN001
+def chunked_attention_backward(
+    g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale: float, chunk: int,
 ):
     """The backward of :func:`chunked_attention`: the gradients of q, q_rel, key, value, rel."""
     R, h, d = q.shape
@@ -87,7 +87,7 @@ def chunked_attention_backward(  # noqa: ANN202
 
 class _KNNMaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, source, offsets, w_pos, weight, bias, index, eps: float, chunk: int):  # noqa: ANN001, ANN205
+    def forward(ctx, source, offsets, w_pos, weight, bias, index, eps: float, chunk: int):
         R, K = index.shape
         C = source.shape[1]
         pooled = source.new_empty(R, C)
@@ -100,7 +100,7 @@ class _KNNMaxPool(torch.autograd.Function):
         return pooled
 
     @staticmethod
-    def backward(ctx, g_pooled):  # noqa: ANN001, ANN205
+    def backward(ctx, g_pooled):
         source, offsets, w_pos, weight, bias, index = ctx.saved_tensors
         R, K = index.shape
         C = source.shape[1]
@@ -119,7 +119,7 @@ class _KNNMaxPool(torch.autograd.Function):
             g_y = winner * share.unsqueeze(1)  # (a boolean product measured faster than torch.where)
             g_z, g_w, g_b = torch.ops.aten.native_layer_norm_backward(
                 g_y, z, (C,), mean, rstd, weight, bias, [True, True, True]
-            )  # fmt: skip
+            )
             g_weight += g_w
             g_bias += g_b
             g_flat = g_z.view(-1, C)

@@ -94,7 +94,7 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
 
 class _CSRLocalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, q_rel, key, value, rel, pattern: Pattern, scale: float):  # noqa: ANN001, ANN205
+    def forward(ctx, q, q_rel, key, value, rel, pattern: Pattern, scale: float):
         R, h, d = q.shape
         logits = pattern.sampled(q.reshape(R * h, d), key.reshape(-1, d))  # q_r · k_j, (R, h, K)
         if rel is not None:
@@ -108,7 +108,7 @@ class _CSRLocalAttention(torch.autograd.Function):
         return out, mixed, a
 
     @staticmethod
-    def backward(ctx, g_out, g_mixed, _g_weights):  # noqa: ANN001, ANN205
+    def backward(ctx, g_out, g_mixed, _g_weights):
         q, q_rel, key, value, rel, a = ctx.saved_tensors
         pattern, (R, h, d) = ctx.pattern, q.shape
         g_out = g_out.contiguous().view(R * h, d)

@@ -16,7 +16,7 @@ from torch import Tensor
 def gathered_attention(
     q: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float, position: tuple[Tensor, Tensor, Tensor] | None,
     dropout: float = 0.0, max_rows: int | None = None,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor]:
     """Local attention with the factorised position code (:func:`models.pairs.local_attention`), at most
     ``max_rows`` rows at a time. ``position``: ``(rel [R, K, e], w2 [h, d, e], b2 [h, d])`` or ``None``;
     ``dropout``: on the weights (the caller passes 0 outside training). Returns ``[R, h, d]`` and the weights
@@ -27,14 +27,14 @@ def gathered_attention(
         return _rows(q, key, value, index, scale, position, dropout)
     parts = [_rows(q[s : s + chunk], key, value, index[s : s + chunk], scale,
                    None if position is None else (position[0][s : s + chunk], *position[1:]), dropout)
-             for s in range(0, R, chunk)]  # fmt: skip
+             for s in range(0, R, chunk)]
     return torch.cat([o for o, _ in parts]), torch.cat([w for _, w in parts])
 
 
 def _rows(
     q: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float, position: tuple[Tensor, Tensor, Tensor] | None,
     dropout: float,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor]:
     (R, h, d), K = q.shape, index.shape[1]
     flat = index.reshape(-1)
     logits = torch.einsum("rkhd,rhd->rkh", key.index_select(0, flat).view(R, K, h, d), q)  # q_i^h · k_j^h

@@ -22,7 +22,7 @@ from models.pairs.maximum import neighbour_max
 def knn_max_pool(
     source: Tensor, offsets: Tensor, w_pos: Tensor, norm: torch.nn.LayerNorm, index: Tensor, *, kernel: Kernel = "auto",
     max_rows: int | None = None,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """``max_k LN(source_{j(r,k)} + W_p o_rk)`` per channel, with LN a LayerNorm of each pair.
 
     Shapes:
@@ -41,7 +41,7 @@ def knn_max_pool(
 def knn_batchnorm_max_pool(
     source: Tensor, points: Tensor, centres: Tensor, w_pos: Tensor, norm: _BatchNorm, index: Tensor, *,
     kernel: Kernel = "auto", max_rows: int | None = None,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """``max_k BN(source_j + W_p (p_j − p_r))`` per channel, j = index[r, k], with BN a BatchNorm of each channel
     over all R·K pairs: the pairs are never built.
 

@@ -27,7 +27,7 @@ def _warn_atomic_adds(op: str) -> None:
     """Once per operator: its Triton backward was asked for (``kernel="triton"``) under deterministic algorithms."""
     warnings.warn(f"centroid::{op}: the Triton backward adds gradients with atomic adds, in no fixed order, although "
                   "deterministic algorithms are enabled; leave the kernel to 'auto' for the deterministic chunked "
-                  "path", stacklevel=2)  # fmt: skip
+                  "path", stacklevel=2)
 
 
 def _check_determinism(op: str, triton: bool) -> None:
@@ -48,7 +48,7 @@ def _empty_if_none(t: Tensor | None, like: Tensor) -> Tensor:
 def _attention_op(
     q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor, rel: Tensor | None, index: Tensor, scale: float,
     chunk: int, triton: bool,
-) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor, Tensor]:
     if triton:
         from models.pairs.triton import triton_attention  # imports Triton: where it is asked for only
 
@@ -59,7 +59,7 @@ def _attention_op(
 
 
 @_attention_op.register_fake
-def _(q, q_rel, key, value, rel, index, scale, chunk, triton):  # noqa: ANN001, ANN202
+def _(q, q_rel, key, value, rel, index, scale, chunk, triton):
     (R, h, d), K = q.shape, index.shape[1]
     mixed = q.new_empty(0) if rel is None else q.new_empty(R, h, rel.shape[-1])
     return q.new_empty(R, h, d), mixed, q.new_empty(R, K, h)
@@ -69,7 +69,7 @@ def _(q, q_rel, key, value, rel, index, scale, chunk, triton):  # noqa: ANN001, 
 def _attention_backward_op(
     g_out: Tensor, g_mixed: Tensor | None, q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor,
     rel: Tensor | None, index: Tensor, weights: Tensor, scale: float, chunk: int, triton: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     g_out = g_out.to(q.dtype).contiguous()  # compiled graphs may hand gradients over in another dtype
     if rel is not None:
         g_mixed = q.new_zeros(*q.shape[:2], rel.shape[-1]) if g_mixed is None else g_mixed.to(q.dtype).contiguous()
@@ -85,24 +85,24 @@ def _attention_backward_op(
 
 
 @_attention_backward_op.register_fake
-def _(g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale, chunk, triton):  # noqa: ANN001, ANN202
+def _(g_out, g_mixed, q, q_rel, key, value, rel, index, weights, scale, chunk, triton):
     position = (q.new_empty(0), q.new_empty(0)) if rel is None else (torch.empty_like(q_rel), torch.empty_like(rel))
     return torch.empty_like(q), position[0], torch.empty_like(key), torch.empty_like(value), position[1]
 
 
-def _attention_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+def _attention_setup(ctx, inputs, output) -> None:
     q, q_rel, key, value, rel, index, scale, chunk, triton = inputs
     ctx.save_for_backward(q, q_rel, key, value, rel, index, output[2])
     ctx.scale, ctx.chunk, ctx.triton = scale, chunk, triton
     ctx.mark_non_differentiable(output[2])
 
 
-def _attention_grad(ctx, g_out, g_mixed, _g_weights):  # noqa: ANN001, ANN202
+def _attention_grad(ctx, g_out, g_mixed, _g_weights):
     q, q_rel, key, value, rel, index, weights = ctx.saved_tensors
     g_mixed = None if rel is None else g_mixed
     g_q, g_q_rel, g_key, g_value, g_rel = _attention_backward_op(
         g_out, g_mixed, q, q_rel, key, value, rel, index, weights, ctx.scale, ctx.chunk, ctx.triton
-    )  # fmt: skip
+    )
     return g_q, _none_if_empty(g_q_rel), g_key, g_value, _none_if_empty(g_rel), None, None, None, None
 
 
@@ -112,7 +112,7 @@ _attention_op.register_autograd(_attention_grad, setup_context=_attention_setup)
 def fused_attention(
     q: Tensor, key: Tensor, value: Tensor, index: Tensor, scale: float, chunk: int, q_rel: Tensor | None = None,
     rel: Tensor | None = None, triton: bool = False,
-) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor | None, Tensor]:
     """Softmax attention of each row's query on its K indexed keys as one custom operator: the chunked function
     (rows in chunks of ``chunk``) or, with ``triton``, the Triton kernels.
 
@@ -143,7 +143,7 @@ def _neighbour_max_op(values: Tensor, index: Tensor, chunk: int, keep: bool, tri
 
 
 @_neighbour_max_op.register_fake
-def _(values, index, chunk, keep, triton):  # noqa: ANN001, ANN202
+def _(values, index, chunk, keep, triton):
     (R, K), C = index.shape, values.shape[1]
     winner = index.new_empty(R, C, dtype=winner_dtype(K)) if keep else index.new_empty(0)
     return values.new_empty(R, C), winner
@@ -160,18 +160,18 @@ def _neighbour_max_backward_op(grad: Tensor, index: Tensor, winner: Tensor, sour
 
 
 @_neighbour_max_backward_op.register_fake
-def _(grad, index, winner, sources, triton):  # noqa: ANN001, ANN202
+def _(grad, index, winner, sources, triton):
     return grad.new_empty(sources, winner.shape[1])
 
 
-def _neighbour_max_setup(ctx, inputs, output) -> None:  # noqa: ANN001
+def _neighbour_max_setup(ctx, inputs, output) -> None:
     values, index, _chunk, _keep, triton = inputs
     ctx.save_for_backward(index, output[1])
     ctx.sources, ctx.dtype, ctx.triton = values.shape[0], values.dtype, triton
     ctx.mark_non_differentiable(output[1])
 
 
-def _neighbour_max_grad(ctx, grad, _g_winner):  # noqa: ANN001, ANN202
+def _neighbour_max_grad(ctx, grad, _g_winner):
     index, winner = ctx.saved_tensors
     grad = grad.to(ctx.dtype)  # compiled graphs may pass another dtype
     return _neighbour_max_backward_op(grad, index, winner, ctx.sources, ctx.triton), None, None, None, None

@@ -48,7 +48,7 @@ def _forward_kernel(
     scale_lo,
     H: tl.constexpr, D: tl.constexpr, E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr, HAS_REL: tl.constexpr, F64: tl.constexpr,
-):  # fmt: skip
+):
     ACC = tl.float64 if F64 else tl.float32  # the sums' dtype
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     ks, ds, es = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_E)
@@ -75,7 +75,7 @@ def _forward_kernel(
         p = tl.exp(logits - peak[:, None])
         a = p / tl.where(row_ok, tl.sum(p, axis=1), 1.0)[:, None]  # softmax over the K neighbours
         tl.store(weights_ptr + (rows[:, None] * K + ks[None, :]) * H + hh, a.to(weights_ptr.dtype.element_ty),
-                 mask=pair_ok)  # fmt: skip
+                 mask=pair_ok)
         values = tl.load(value_ptr + source, mask=pair_d_ok, other=0.0).to(ACC)
         tl.store(out_ptr + head, tl.sum(values * a[:, :, None], axis=1).to(out_ptr.dtype.element_ty), mask=row_d_ok)
         if HAS_REL:  # Σ_k a r, (BR, BE)
@@ -89,7 +89,7 @@ def _backward_kernel(
     g_q_rel_ptr, g_key_ptr, g_value_ptr, g_rel_ptr, R, K, scale_hi, scale_lo, H: tl.constexpr, D: tl.constexpr,
     E: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_E: tl.constexpr,
     HAS_REL: tl.constexpr, F64: tl.constexpr,
-):  # fmt: skip
+):
     ACC = tl.float64 if F64 else tl.float32  # the sums' dtype
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     ks, ds, es = tl.arange(0, BLOCK_K), tl.arange(0, BLOCK_D), tl.arange(0, BLOCK_E)
@@ -123,7 +123,7 @@ def _backward_kernel(
         q = tl.load(q_ptr + head, mask=row_d_ok, other=0.0).to(ACC)
         keys = tl.load(key_ptr + source, mask=pair_d_ok, other=0.0).to(ACC)
         tl.store(g_q_ptr + head, tl.sum(keys * g_logits[:, :, None], axis=1).to(g_q_ptr.dtype.element_ty),
-                 mask=row_d_ok)  # fmt: skip
+                 mask=row_d_ok)
         g_k = (g_logits[:, :, None] * q[:, None, :]).to(g_key_ptr.dtype.element_ty)
         tl.atomic_add(g_key_ptr + source, g_k, mask=pair_d_ok, sem="relaxed")
         if HAS_REL:
@@ -143,7 +143,7 @@ def _attention_launch(q: Tensor, index: Tensor, rel: Tensor | None) -> tuple[dic
     block_k, block_d, block_e = (triton.next_power_of_2(n) for n in (K, D, E))
     block_r = max(1, min(64, TILE_ELEMENTS // (block_k * max(block_d, block_e))))
     meta = dict(H=H, D=D, E=E, HAS_REL=rel is not None, F64=q.dtype == torch.float64, BLOCK_R=block_r,
-                BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_E=block_e)  # fmt: skip
+                BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_E=block_e)
     return meta, (triton.cdiv(R, block_r),)
 
 
@@ -155,7 +155,7 @@ def _float32_pair(x: float) -> tuple[float, float]:
 
 
 def triton_attention(q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor, rel: Tensor | None, index: Tensor,
-                     scale: float) -> tuple[Tensor, Tensor | None, Tensor]:  # fmt: skip
+                     scale: float) -> tuple[Tensor, Tensor | None, Tensor]:
     """The forward of :func:`models.pairs.operators.fused_attention` in one kernel (every input contiguous, of one
     dtype, on one device: the caller casts): ``out [R, h, d]``, ``mixed [R, h, e]`` (``None`` without ``rel``),
     weights."""
@@ -167,14 +167,14 @@ def triton_attention(q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor
     _forward_kernel[grid](
         q, q_rel_or_q, key, value, rel_or_q, index, out, out if mixed is None else mixed, weights, R, K,
         *_float32_pair(scale), num_warps=NUM_WARPS, **meta,
-    )  # fmt: skip
+    )
     return out, mixed, weights
 
 
 def triton_attention_backward(
     g_out: Tensor, g_mixed: Tensor | None, q: Tensor, q_rel: Tensor | None, key: Tensor, value: Tensor,
     rel: Tensor | None, index: Tensor, weights: Tensor, scale: float,
-) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor | None]:  # fmt: skip
+) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor | None]:
     """The backward of :func:`triton_attention` in one kernel (``g_out`` and ``g_mixed`` contiguous, in q's dtype):
     the gradients of q, q_rel, key, value and rel (``None`` for the position terms without ``rel``)."""
     (R, K), (meta, grid) = index.shape, _attention_launch(q, index, rel)
@@ -189,7 +189,7 @@ def triton_attention_backward(
     _backward_kernel[grid](
         q, q_rel_, key, value, rel_, index, weights, g_out, g_mixed_, g_q, g_q_rel_, g_key, g_value, g_rel_, R, K,
         *_float32_pair(scale), num_warps=NUM_WARPS, **meta,
-    )  # fmt: skip
+    )
     return g_q, g_q_rel, g_key.to(key.dtype), g_value.to(value.dtype), g_rel
 
 
@@ -197,14 +197,14 @@ def triton_attention_backward(
 def _neighbour_max_kernel(
     values_ptr, index_ptr, top_ptr, winner_ptr, R, K, C, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_C: tl.constexpr, KEEP: tl.constexpr,
-):  # fmt: skip
+):
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     ks, cs = tl.arange(0, BLOCK_K), tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     pair_ok = (rows < R)[:, None] & (ks[None, :] < K)
     row_c_ok = (rows < R)[:, None] & (cs[None, :] < C)
     j = tl.load(index_ptr + rows[:, None] * K + ks[None, :], mask=pair_ok, other=0)
     z = tl.load(values_ptr + j[:, :, None] * C + cs[None, None, :], mask=pair_ok[:, :, None] & (cs[None, None, :] < C),
-                other=float("-inf"))  # (BR, BK, BC)  # fmt: skip
+                other=float("-inf"))  # (BR, BK, BC)
     has_nan = tl.max(tl.where(z != z, 1, 0), axis=1) > 0
     top = tl.where(has_nan, float("nan"), tl.max(z, axis=1))  # NaN propagates, as torch.amax
     tl.store(top_ptr + rows[:, None] * C + cs[None, :], top, mask=row_c_ok)
@@ -218,7 +218,7 @@ def _neighbour_max_kernel(
 @triton.jit
 def _neighbour_max_backward_kernel(
     grad_ptr, winner_ptr, index_ptr, g_values_ptr, R, K, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
-):  # fmt: skip
+):
     rows = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ok = (rows < R)[:, None] & (cs[None, :] < C)
@@ -244,7 +244,7 @@ def triton_neighbour_max(values: Tensor, index: Tensor, keep: bool) -> tuple[Ten
     winner = torch.empty(R, C, dtype=winner_dtype(K), device=values.device) if keep else None
     blocks, grid = _max_blocks(R, K, C)
     _neighbour_max_kernel[grid](values, index, top, top if winner is None else winner, R, K, C,
-                                BLOCK_K=triton.next_power_of_2(K), KEEP=keep, **blocks)  # fmt: skip
+                                BLOCK_K=triton.next_power_of_2(K), KEEP=keep, **blocks)
     return top, winner
 
 

@@ -34,7 +34,7 @@ def tiny_args(data_root: Path, *, epochs: int = 2, csv: bool = True) -> list[str
         "--model.init_args.backbone.init_args.num_centroids", "[32, 8]",
         "--model.init_args.backbone.init_args.widths", "[32, 64]",
         "--model.init_args.backbone.init_args.stage.k", "8",
-    ]  # fmt: skip
+    ]
     if csv:
         args += ["--config", str(REPO / "configs" / "logger" / "csv.yaml")]
     return args
@@ -72,7 +72,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     root = tmp_path_factory.mktemp("errors")
     args = ["--config", DEMO, *tiny_args(root / "data", epochs=1), "--trainer.default_root_dir", str(root / "runs"),
             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-            f"--trainer.callbacks.dirpath={root / 'ckpt'}", "--trainer.callbacks.save_last=true"]  # fmt: skip
+            f"--trainer.callbacks.dirpath={root / 'ckpt'}", "--trainer.callbacks.save_last=true"]
     cwd = os.getcwd()
     os.chdir(root)  # the configs write below relative paths
     try:

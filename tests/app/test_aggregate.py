@@ -21,7 +21,7 @@ def _write(
 ) -> Path:
     """A test_metrics.json as ``TestMetricsWriter`` writes it (``kind=None``: a file from before the record)."""
     payload = {"metrics": {f"test/{k}": v for k, v in metrics.items()} | {"test/loss": 0.5},
-               "details": {}, "names": names, "num_samples": 10}  # fmt: skip
+               "details": {}, "names": names, "num_samples": 10}
     if kind is not None:
         payload["checkpoint"] = {"path": f"runs/x/{kind}.ckpt", "kind": kind, "epoch": epoch}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +121,8 @@ def test_bad_input_one_line_naming_the_file(
 
 def test_module_entry_point_exit_status(tmp_path: Path) -> None:
     ok = subprocess.run([sys.executable, "-m", "app.aggregate", str(_write(tmp_path / "r.json", {"acc": 0.9}))],
-                        capture_output=True, text=True, cwd=REPO)  # fmt: skip
+                        capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0 and "90.00" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "app.aggregate", str(tmp_path / "nope")],
-                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+                         capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and str(tmp_path / "nope") in bad.stderr

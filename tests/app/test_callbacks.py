@@ -48,7 +48,7 @@ def test_segmentation_predictions_line_up_with_the_files_rows(tmp_path: Path, mo
     task = SegmentationTask(_backbone(), num_parts=5, num_categories=2, part_mask=PART_MASK).eval()
     writer = PredictionWriter()
     trainer = Trainer(accelerator="cpu", logger=False, callbacks=[writer], default_root_dir=tmp_path,
-                      enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+                      enable_progress_bar=False, enable_model_summary=False)
     data = PointFilesDataset(files, num_points=128, use_normals=False, category=1)
     trainer.predict(task, DataLoader(data, batch_size=2), return_predictions=False)
 

@@ -82,7 +82,7 @@ def test_fit_test_predict_classification(in_tmp: Path, gen_cls_root: Path) -> No
     # predict on user files of every kind: one results file, every input named, probabilities summing to 1
     files = _user_files(in_tmp / "inputs")
     make_cli(["predict", "--config", DEMO, *tiny_args(gen_cls_root), "--ckpt_path", str(ckpt),
-              "--data.init_args.predict_files", json.dumps([str(f) for f in files])])  # fmt: skip
+              "--data.init_args.predict_files", json.dumps([str(f) for f in files])])
     (result_file,) = (in_tmp / "runs").rglob("predictions.json")
     rows = json.loads(result_file.read_text())
     assert [r["input"] for r in rows] == [str(f) for f in files]
@@ -161,7 +161,7 @@ class _Batches(Callback):
 def _paired_batches(args: list[str], width: str, data_seed: int) -> _Batches:
     seen = _Batches()
     _fit([*args, "--model.init_args.backbone.init_args.widths", width, "--data.init_args.data_seed", str(data_seed)],
-         None, seen)  # fmt: skip
+         None, seen)
     return seen
 
 
@@ -170,7 +170,7 @@ def test_data_seed_gives_different_models_the_same_batches(in_tmp: Path, gen_cls
     training batches (positions after augmentation, labels, order) and dropout stream; another ``data_seed``:
     another order."""
     args = ["--config", DEMO, *tiny_args(gen_cls_root, epochs=1), "--trainer.limit_train_batches", "2",
-            "--trainer.limit_val_batches", "0", "--seed_everything", "1"]  # fmt: skip
+            "--trainer.limit_val_batches", "0", "--seed_everything", "1"]
     narrow, wide = _paired_batches(args, "[16, 32]", 4), _paired_batches(args, "[48, 96]", 4)
     assert len(narrow.batches) == len(wide.batches) == 2
     for a, b in zip(narrow.batches, wide.batches):
@@ -237,7 +237,7 @@ def test_wandb_offline_run_has_logged_keys(in_tmp: Path, gen_cls_root: Path, mon
     # Offline runs keep their records (protobuf) in the .wandb file until `wandb sync`; the logged keys and
     # the snapshotted config appear in it verbatim.
     keys = (b"train/loss", b"val/acc", b"val/macc", b"lr-AdamW", b"CentroidBackbone", b"num_centroids",
-            b"val/centroids/shape0/stage1", b"val/centroids/shape0/grid")  # fmt: skip
+            b"val/centroids/shape0/stage1", b"val/centroids/shape0/grid")
     for _ in range(40):  # W&B's service process may still be writing the file when finish() returns
         records = runs[0].read_bytes()
         if all(key in records for key in keys):
@@ -261,7 +261,7 @@ def test_fit_segmentation(in_tmp: Path, gen_seg_root: Path) -> None:
     category = result["names"][0]
     make_cli(["predict", "--config", DEMO_SEG, *seg_args, "--ckpt_path", "last",
               "--data.init_args.predict_files", json.dumps([str(cloud)]),
-              "--data.init_args.predict_category", category])  # fmt: skip
+              "--data.init_args.predict_category", category])
     (row,) = json.loads(next((in_tmp / "runs").rglob("predictions.json")).read_text())
     task = load_task(str(in_tmp / "runs/demo_seg/checkpoints/last.ckpt"))
     allowed = set(torch.nonzero(task.part_mask[task.category_names.index(category)]).flatten().tolist())
@@ -302,12 +302,14 @@ def test_ddp_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Path
     checkpoint on an odd-sized test split (no double-counted padding)."""
     h5_root = _odd_h5_copy(gen_cls_root, in_tmp / "h5")
     base = [sys.executable, "-m", "app"]
-    tiny = [*tiny_args(gen_cls_root, epochs=1), "--data.init_args.root", str(h5_root), "--data.init_args.format", "ply_hdf5"]
+    tiny = [*tiny_args(gen_cls_root, epochs=1),
+            "--data.init_args.root", str(h5_root), "--data.init_args.format", "ply_hdf5"]
     ddp = ["--config", str(REPO / "configs/trainer/ddp_cpu.yaml")]
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     subprocess.run([*base, "fit", "--config", DEMO, *tiny, *ddp], check=True, env=env, timeout=600)
     ckpt = str(in_tmp / "runs/demo/checkpoints/last.ckpt")
-    subprocess.run([*base, "test", "--config", DEMO, *tiny, *ddp, "--ckpt_path", ckpt], check=True, env=env, timeout=600)
+    subprocess.run([*base, "test", "--config", DEMO, *tiny, *ddp, "--ckpt_path", ckpt],
+                   check=True, env=env, timeout=600)
     two = _last_metrics(in_tmp / "runs")
     subprocess.run([*base, "test", "--config", DEMO, *tiny, "--ckpt_path", ckpt], check=True, env=env, timeout=600)
     one = _last_metrics(in_tmp / "runs")

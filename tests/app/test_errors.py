@@ -17,7 +17,8 @@ from app.checkpoint import CheckpointError, check_fits, load_task
 from app.errors import one_line
 from tests.app.conftest import DEMO_SEG, REPO, tiny_args
 
-SHORT_PLY = "ply\nformat ascii 1.0\nelement vertex 100\nproperty float x\nproperty float y\nproperty float z\nend_header\n0 0 0\n1 1 1\n"
+SHORT_PLY = ("ply\nformat ascii 1.0\nelement vertex 100\nproperty float x\nproperty float y\nproperty float z\n"
+             "end_header\n0 0 0\n1 1 1\n")
 
 
 def _fails(capsys: pytest.CaptureFixture[str], main, argv: list[str]) -> str:
@@ -32,7 +33,8 @@ def _fails(capsys: pytest.CaptureFixture[str], main, argv: list[str]) -> str:
 
 def _predict(trained: tuple[Path, list[str]], files: list[Path]) -> list[str]:
     ckpt, args = trained
-    return ["predict", *args, "--ckpt_path", str(ckpt), "--data.init_args.predict_files", json.dumps([str(f) for f in files])]
+    return ["predict", *args, "--ckpt_path", str(ckpt),
+            "--data.init_args.predict_files", json.dumps([str(f) for f in files])]
 
 
 def test_predict_on_a_truncated_ply_says_truncated(trained, tmp_path, capsys) -> None:
@@ -71,7 +73,7 @@ def test_bad_checkpoints_are_refused_by_name(trained, tmp_path, capsys, content,
     else:
         torch.save(content, ckpt)
     for main, argv in ((cli.main, ["test", *trained[1], "--ckpt_path", str(ckpt)]),
-                       (visualize.main, ["--ckpt", str(ckpt), "--out", str(tmp_path / "o")])):  # fmt: skip
+                       (visualize.main, ["--ckpt", str(ckpt), "--out", str(tmp_path / "o")])):
         err = _fails(capsys, main, argv)
         assert err.startswith(f"error: {ckpt}: {problem}")
         assert "weights_only" not in err
@@ -89,7 +91,7 @@ def test_checkpoint_of_another_task_or_class_count_is_refused(trained, capsys, t
 
 def test_missing_data_folder_is_one_line(capsys, in_tmp) -> None:
     argv = ["fit", "--config", str(REPO / "configs/demo.yaml"), "--data.init_args.format", "auto",
-            "--data.init_args.root", "no/such/folder", "--trainer.logger", "false"]  # fmt: skip
+            "--data.init_args.root", "no/such/folder", "--trainer.logger", "false"]
     err = _fails(capsys, cli.main, argv)
     assert err.startswith("error: no/such/folder: ")
 
@@ -104,7 +106,7 @@ def test_verbose_keeps_the_traceback(trained, tmp_path) -> None:
 def test_worker_errors_are_unwrapped() -> None:
     """An error re-raised from a DataLoader worker carries the worker traceback; the one line is its last line."""
     wrapped = RuntimeError("Caught DataFormatError in DataLoader worker process 0.\nOriginal Traceback (most recent "
-                           "call last):\n  File ...\ndatamodules.errors.DataFormatError: a.ply: truncated: row 2")  # fmt: skip
+                           "call last):\n  File ...\ndatamodules.errors.DataFormatError: a.ply: truncated: row 2")
     assert one_line(wrapped) == "a.ply: truncated: row 2"
 
 
@@ -114,7 +116,7 @@ def test_python_m_app_prints_one_line(trained, tmp_path) -> None:
     bad = tmp_path / "short.ply"
     bad.write_text(SHORT_PLY)
     run = subprocess.run([sys.executable, "-m", "app", *_predict(trained, [bad])], cwd=REPO, capture_output=True,
-                         text=True, timeout=600, env={"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "PATH": ""})  # fmt: skip
+                         text=True, timeout=600, env={"PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "PATH": ""})
     assert run.returncode == 1
     lines = [line for line in run.stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
     assert lines == [f"error: {bad}: truncated: element 'vertex': row 2: early end-of-file  (traceback: add --verbose)"]

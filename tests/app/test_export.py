@@ -27,7 +27,7 @@ def trained_seg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("export_seg")
     args = ["--config", DEMO_SEG, *tiny_args(root / "data", epochs=1), "--trainer.default_root_dir", str(root / "runs"),
             "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
-            f"--trainer.callbacks.dirpath={root / 'ckpt'}", "--trainer.callbacks.save_last=true"]  # fmt: skip
+            f"--trainer.callbacks.dirpath={root / 'ckpt'}", "--trainer.callbacks.save_last=true"]
     cwd = os.getcwd()
     os.chdir(root)
     try:
@@ -90,7 +90,7 @@ def test_exported_program_segmentation(trained_seg: Path, tmp_path: Path) -> Non
 @pytest.mark.skipif(not HAS_KERNEL_OPTION, reason="needs the backbone's kernel option (pure-torch 'gathered' kernels)")
 @pytest.mark.parametrize("task", ["classification", "segmentation"])
 def test_onnx_matches_eager_in_onnxruntime(task: str, trained: tuple[Path, list[str]], trained_seg: Path,
-                                           tmp_path: Path) -> None:  # fmt: skip
+                                           tmp_path: Path) -> None:
     ckpt = trained[0] if task == "classification" else trained_seg
     out = tmp_path / "model.onnx"
     parity = export(ckpt, "onnx", out)
@@ -102,7 +102,7 @@ def test_onnx_matches_eager_in_onnxruntime(task: str, trained: tuple[Path, list[
 
 
 def test_unknown_format_is_one_line(trained: tuple[Path, list[str]], tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--ckpt", str(trained[0]), "--format", "tflite", "--out", str(tmp_path / "m")])
     err = capsys.readouterr().err.strip()

@@ -13,7 +13,7 @@ from tests.app.conftest import DEMO, tiny_args
 def test_fit_timer_measures_a_cli_fit(in_tmp: Path, gen_cls_root: Path) -> None:
     out = in_tmp / "fit.json"
     make_cli(["fit", "--config", DEMO, *tiny_args(gen_cls_root, epochs=2),
-              "--trainer.callbacks+=benchmarks.fit_timer.FitTimer", f"--trainer.callbacks.output={out}"])  # fmt: skip
+              "--trainer.callbacks+=benchmarks.fit_timer.FitTimer", f"--trainer.callbacks.output={out}"])
     epochs = json.loads(out.read_text())["epochs"]
     assert [e["epoch"] for e in epochs] == [0, 1]
     for e in epochs:

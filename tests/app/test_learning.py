@@ -20,7 +20,7 @@ SMALL = [
     "--data.init_args.generator.points", "1024",
     "--model.init_args.backbone.init_args.num_centroids", "[64, 16, 4]",
     "--config", str(REPO / "configs" / "logger" / "csv.yaml"),
-]  # fmt: skip
+]
 
 
 def _train_and_test(config: str, root: Path) -> tuple[dict[str, float], object]:

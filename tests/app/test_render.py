@@ -14,7 +14,8 @@ def _table(n: int = 600, seed: int = 0) -> np.ndarray:
     """A table-like cloud: a flat top and four legs (y up)."""
     rng = np.random.default_rng(seed)
     top = np.c_[rng.uniform(-1, 1, n // 2), np.full(n // 2, 0.5), rng.uniform(-0.6, 0.6, n // 2)]
-    legs = [np.c_[np.full(n // 8, x), rng.uniform(-0.5, 0.5, n // 8), np.full(n // 8, z)] for x in (-0.9, 0.9) for z in (-0.5, 0.5)]
+    legs = [np.c_[np.full(n // 8, x), rng.uniform(-0.5, 0.5, n // 8), np.full(n // 8, z)]
+            for x in (-0.9, 0.9) for z in (-0.5, 0.5)]
     return np.concatenate([top, *legs]).astype(np.float32)
 
 
@@ -112,7 +113,8 @@ def _render_grid(points: np.ndarray, out, size=(320, 240)) -> tuple[list, object
     stages = _stages(points)
     pcs, ccs = render.stage_point_colors(stages)
     inputs = [points] + [s.centroids for s in stages[:-1]]
-    panels = [(points, pc, s.centroids, cc, inp[s.neighbors], f"stage {i}") for i, (s, pc, cc, inp) in enumerate(zip(stages, pcs, ccs, inputs), 1)]
+    panels = [(points, pc, s.centroids, cc, inp[s.neighbors], f"stage {i}")
+              for i, (s, pc, cc, inp) in enumerate(zip(stages, pcs, ccs, inputs), 1)]
     pngs = render.render_stage_pngs(panels, [out / f"stage{i}.png" for i in range(1, 4)], *size)
     return pngs, render.render_grid_png(pngs, out / "grid.png", "a title")
 
@@ -143,7 +145,8 @@ def test_png_has_size_is_not_blank_and_depends_on_the_shape(tmp_path, renderer) 
 
 def test_centroid_spheres_wear_their_colour(tmp_path, renderer) -> None:
     pts = _sphere(200)  # black points around one red centroid in the middle
-    path = render.render_stage_png(pts, np.zeros((200, 3)), np.zeros((1, 3)), np.array([[1.0, 0.0, 0.0]]), tmp_path / "one.png", 256, 256)
+    path = render.render_stage_png(pts, np.zeros((200, 3)), np.zeros((1, 3)), np.array([[1.0, 0.0, 0.0]]),
+                                   tmp_path / "one.png", 256, 256)
     img = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3).astype(int)
     reddish = (img[:, 0] > 100) & (img[:, 1] < 40) & (img[:, 2] < 40)
     assert reddish.sum() > 20
@@ -152,7 +155,8 @@ def test_centroid_spheres_wear_their_colour(tmp_path, renderer) -> None:
 def test_renderer_unavailable_gives_one_clear_message(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(render, "renderer_problem", lambda: "exit code 134: no EGL display")
     with pytest.raises(render.RendererUnavailable, match="no EGL display.*ply files are written"):
-        render.render_stage_png(_table(), np.zeros((600, 3)), np.zeros((0, 3)), np.zeros((0, 3)), tmp_path / "x.png", 32, 32)
+        render.render_stage_png(_table(), np.zeros((600, 3)), np.zeros((0, 3)), np.zeros((0, 3)),
+                                tmp_path / "x.png", 32, 32)
     assert not (tmp_path / "x.png").exists()
 
 

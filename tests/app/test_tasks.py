@@ -29,7 +29,7 @@ PART_MASK = [[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]]  # category 0 owns parts {0, 1}, 
 
 def _backbone(in_channels: int = 0) -> CentroidBackbone:
     return CentroidBackbone(in_channels=in_channels, stem_width=16, num_centroids=[16, 4], widths=[16, 32],
-                            stage=StageSettings(k=4))  # fmt: skip
+                            stage=StageSettings(k=4))
 
 
 def _clouds(n: int, points: int = 32, num_classes: int = 3, seed: int = 0) -> list[dict[str, Tensor]]:
@@ -38,12 +38,12 @@ def _clouds(n: int, points: int = 32, num_classes: int = 3, seed: int = 0) -> li
         {"pos": torch.randn(points, 3, generator=g) * 0.5, "label": torch.randint(num_classes, (), generator=g),
          "index": torch.tensor(i)}
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def _trainer(tmp_path: Path, **kwargs) -> Trainer:
     return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                   default_root_dir=tmp_path, **kwargs)  # fmt: skip
+                   default_root_dir=tmp_path, **kwargs)
 
 
 def test_one_logits_path_classification() -> None:
@@ -163,7 +163,7 @@ def test_checkpoint_kind_rules() -> None:
     states = {"callbacks": {best_cb: {"monitor": "val/acc", "best_model_path": "/a/best-epoch=3.ckpt",
                                       "last_model_path": "/a/last.ckpt"},
                             "ModelCheckpoint{'monitor': None}": {"monitor": None, "best_model_path": "/a/final.ckpt",
-                                                                  "last_model_path": ""}}}  # fmt: skip
+                                                                  "last_model_path": ""}}}
     assert checkpoint_kind(None, states) == "none"
     assert checkpoint_kind("/moved/last.ckpt", states) == "last"
     assert checkpoint_kind("best-epoch=3.ckpt", states) == "best"
@@ -171,7 +171,7 @@ def test_checkpoint_kind_rules() -> None:
     assert checkpoint_kind("/a/epoch=1.ckpt", states) == "other"
     assert checkpoint_kind("/a/last.ckpt", {}) == "other"  # no checkpoint state: nothing to tell
     ours = {"callbacks": {"Checkpoints{'monitor': None}": {"monitor": None, "best_model_path": "/r/last.ckpt",
-                                                           "last_model_path": ""}}}  # fmt: skip
+                                                           "last_model_path": ""}}}
     assert checkpoint_kind("/r/last.ckpt", ours) == "last"  # app.callbacks.Checkpoints, the configs' callback
 
 
@@ -188,12 +188,12 @@ def test_test_records_its_checkpoint(tmp_path: Path) -> None:
     torch.save({**torch.load(final.best_model_path, weights_only=True), "callbacks": {}}, manual)
 
     cases = [(final.best_model_path, "last", 1), (best.best_model_path, "best", None),
-             (best.last_model_path, "last", None), (str(manual), "other", 1), (None, "none", None)]  # fmt: skip
+             (best.last_model_path, "last", None), (str(manual), "other", 1), (None, "none", None)]
     for i, (path, kind, epoch) in enumerate(cases):
         writer = callbacks.TestMetricsWriter()
         logger = CSVLogger(tmp_path, name="csv", version=i)
         trainer = Trainer(accelerator="cpu", logger=logger, callbacks=[writer], enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+                          enable_progress_bar=False, enable_model_summary=False)
         trainer.test(task, loader, ckpt_path=path)
         assert task.test_checkpoint is not None
         expected_epoch = torch.load(path, weights_only=True)["epoch"] if path else None
@@ -211,7 +211,7 @@ def test_cli_test_votes_on_request_and_records_checkpoint(in_tmp: Path, gen_cls_
     make_cli(["fit", "--config", DEMO, *tiny_args(gen_cls_root, epochs=1)])
     ckpt = in_tmp / "runs/demo/checkpoints/last.ckpt"
     make_cli(["test", "--config", DEMO, *tiny_args(gen_cls_root), "--ckpt_path", str(ckpt),
-              "--model.init_args.vote_views", "2"])  # fmt: skip
+              "--model.init_args.vote_views", "2"])
     (path,) = (in_tmp / "runs").rglob("test_metrics*.json")
     result = json.loads(path.read_text())
     assert {"test/acc", "test/macc", "test/acc_vote", "test/macc_vote"} <= set(result["metrics"])
@@ -229,11 +229,11 @@ def test_vote_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Pat
     h5_root = _odd_h5_copy(gen_cls_root, in_tmp / "h5")
     base = [sys.executable, "-m", "app"]
     tiny = [*tiny_args(gen_cls_root, epochs=1), "--data.init_args.root", str(h5_root),
-            "--data.init_args.format", "ply_hdf5"]  # fmt: skip
+            "--data.init_args.format", "ply_hdf5"]
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     subprocess.run([*base, "fit", "--config", DEMO, *tiny], check=True, env=env, timeout=600)
     test = [*base, "test", "--config", DEMO, *tiny, "--ckpt_path", str(in_tmp / "runs/demo/checkpoints/last.ckpt"),
-            "--model.init_args.vote_views", "3"]  # fmt: skip
+            "--model.init_args.vote_views", "3"]
     results = []
     for extra in (["--config", str(REPO / "configs/trainer/ddp_cpu.yaml")], []):
         subprocess.run([*test, *extra], check=True, env=env, timeout=600)
@@ -254,14 +254,14 @@ def test_compile_runs_the_backbone_compiled_once_and_keeps_the_checkpoint_keys(t
     compiled = []
     real = torch.compile
 
-    def compile_(fn, **kwargs):  # noqa: ANN001, ANN202
+    def compile_(fn, **kwargs):
         compiled.append(fn)
         return real(fn, backend="aot_eager", **kwargs)
 
     monkeypatch.setattr(torch, "compile", compile_)
     torch.manual_seed(0)
     backbone = CentroidBackbone(stem_width=16, num_centroids=[16, 4], widths=[16, 32], stage=StageSettings(k=4),
-                                sampling="prefix")  # fmt: skip
+                                sampling="prefix")
     task = ClassificationTask(backbone, num_classes=3, compile=True)
     keys = set(task.state_dict())
     loader = DataLoader(_clouds(4), batch_size=2)

@@ -30,7 +30,7 @@ def tiny_config(tmp_path_factory) -> str:
         "--data.init_args.generator.test_per_class", "1", "--data.init_args.generator.points", "512",
         "--model.init_args.backbone.init_args.num_centroids", "[64, 16, 4]",
         "--model.init_args.backbone.init_args.stage.k", "8",
-    ]  # fmt: skip
+    ]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
         make_cli(["--config", str(ROOT / "configs" / "demo.yaml"), *overrides, "--print_config"], run=False)
@@ -54,7 +54,8 @@ def _fails(capsys: pytest.CaptureFixture[str], *args: str) -> str:
 
 def test_cli_on_generated_data(tiny_config, tmp_path, capsys) -> None:
     out = tmp_path / "out"
-    paths = _run("--config", tiny_config, "--split", "test", "--index", "0", "--out", str(out), "--size", "200", "160", "--neighbors")
+    paths = _run("--config", tiny_config, "--split", "test", "--index", "0", "--out", str(out),
+                 "--size", "200", "160", "--neighbors")
     printed = capsys.readouterr().out
     assert "predicted:" in printed and "untrained" in printed
     assert len(paths["ply"]) == 6  # points + centroids per stage
@@ -90,7 +91,8 @@ def test_cli_on_a_user_file_without_normals(tiny_config, tmp_path) -> None:
     rng = np.random.default_rng(0)
     cloud = rng.normal(size=(1000, 3)).astype(np.float32)
     np.save(tmp_path / "blob.npy", cloud)
-    paths = _run("--config", tiny_config, "--file", str(tmp_path / "blob.npy"), "--out", str(tmp_path / "o"), "--size", "64", "48")
+    paths = _run("--config", tiny_config, "--file", str(tmp_path / "blob.npy"), "--out", str(tmp_path / "o"),
+                 "--size", "64", "48")
     assert len(o3d.io.read_point_cloud(str(paths["ply"][0])).points) == 256  # resampled to the config's N
 
 
@@ -138,8 +140,10 @@ def test_checkpoint_decides_the_data_settings(trained, tiny_config, tmp_path, ca
     np.save(cloud, np.random.default_rng(0).normal(size=(1000, 3)).astype(np.float32))
     paths = _run("--ckpt", str(ckpt), "--file", str(cloud), "--out", str(tmp_path / "o"), "--size", "64", "48")
     assert len(o3d.io.read_point_cloud(str(paths["ply"][0])).points) == 128
-    err = _fails(capsys, "--ckpt", str(ckpt), "--config", tiny_config, "--file", str(cloud), "--out", str(tmp_path / "p"))
-    assert err.startswith(f"error: {ckpt}: trained on other data settings than the config's: num_points: checkpoint 128, config 256")
+    err = _fails(capsys, "--ckpt", str(ckpt), "--config", tiny_config, "--file", str(cloud),
+                 "--out", str(tmp_path / "p"))
+    assert err.startswith(f"error: {ckpt}: trained on other data settings than the config's: "
+                          "num_points: checkpoint 128, config 256")
 
 
 def test_file_is_resampled_with_the_checkpoints_sampling(trained, tmp_path) -> None:
@@ -176,7 +180,7 @@ def test_paper_scale_picture_is_readable_on_a_real_sample(real_samples, tmp_path
     from datamodules.files import load_file_sample
 
     task, _ = build_from_config(str(ROOT / "configs" / "demo.yaml"), [
-        "--data.init_args.num_points", "1024", "--model.init_args.backbone.init_args.num_centroids", "[512, 256, 128]"])  # fmt: skip
+        "--data.init_args.num_points", "1024", "--model.init_args.backbone.init_args.num_centroids", "[512, 256, 128]"])
     sample = load_file_sample(real_samples / "modelnet40_normal_resampled/bed/bed_0026.txt", 1024, True)
     a = analysis.analyse(task.eval(), sample, "bed_0026", trained=False)
     assert [len(s.centroids) for s in a.stages] == [512, 256, 128]

@@ -44,7 +44,7 @@ def test_published_pointnet2_has_its_layers_ball_query_and_batchnorm() -> None:
     model = PointNet2SSGBall()
     first, second, last = model.stages
     assert (first.num_centroids, first.radius, first.k, second.num_centroids, second.radius, second.k) == (
-        512, 0.2, 32, 128, 0.4, 64)  # fmt: skip
+        512, 0.2, 32, 128, 0.4, 64)
     assert last.radius is None and model.out_channels == 1024 and model.channels == [3, 128, 256, 1024]
     assert [m.out_features for m in first.mlp if isinstance(m, nn.Linear)] == [64, 64, 128]
     assert not any(isinstance(m, nn.LayerNorm) for m in model.modules())
@@ -93,7 +93,7 @@ def test_feature_knn_matches_cdist_and_dgcnn_flops_count_it() -> None:
 @pytest.mark.parametrize("backbone", [
     PointNet2SSGBall(num_centroids=[32, 8]), FullAttentionBackbone(num_centroids=[32, 16, 8]),
     PointNet2SSG(num_centroids=[32, 16, 8]), DGCNN(),
-])  # fmt: skip
+])
 def test_baselines_keep_the_backbone_contract_of_the_tasks(backbone: nn.Module) -> None:
     """What the tasks read: ``forward_features`` → BackboneOutput with one StageOutput per stage, ``in_channels``,
     ``channels``, ``out_channels``, ``stages[0].sampling``; every parameter gets a gradient."""

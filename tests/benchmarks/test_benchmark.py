@@ -49,7 +49,8 @@ def test_quick_run_writes_well_formed_markdown(tmp_path: Path) -> None:
     measured = [row for row in cost[2:] if "| – |" not in row]
     assert measured and all(re.search(r"tensors \d+ MiB", row) for row in measured)  # CPU: the tensors' peak too
     variants = tables[1]
-    for variant, baselines in ((label, v.baselines) for label, v in VARIANTS.items()):  # every variant, and its baselines at the same schedule
+    # every variant, and its baselines at the same schedule
+    for variant, baselines in ((label, v.baselines) for label, v in VARIANTS.items()):
         assert any(f"| Centroid (local), {variant} |" in row for row in variants), variant
         for model in baselines:
             assert any(f"| {MODELS[model][0]}, {variant} |" in row for row in variants), (model, variant)
@@ -118,7 +119,7 @@ def test_a_gpu_run_is_kept_apart_and_rendered_with_its_own_machine_and_targets(t
     gpu["configs"]["cost"].update(device="cuda", batch=128, sizes=[1024])
     gpu["machines"] = {"cost": "Some CPU, 16 cores, torch 2.11.0+cu130, GPU: NVIDIA H200"}
     gpu["cost"]["models"] = {name: {"1024": {**cells[next(iter(cells))], "kernel_frac": frac}}
-                             for (name, cells), frac in zip(raw["cost"]["models"].items(), (0.9, 0.5, 0.4, 0.3, 0.2))}  # fmt: skip
+                             for (name, cells), frac in zip(raw["cost"]["models"].items(), (0.9, 0.5, 0.4, 0.3, 0.2))}
     raw["gpu"] = gpu
     out.with_suffix(".json").write_text(json.dumps(raw))
     main(["--quick", "--output", str(out), "--parts"])  # re-render only
@@ -161,7 +162,8 @@ def test_a_train_run_for_some_candidates_keeps_the_rows_measured_the_same_way(tm
     import benchmarks.runner as bench
 
     def fake(cfg: bench.Config) -> dict:
-        return {label: [{"test_acc": 0.5 + 0.1 * i, "train_s": 1.0, "curve": [1.0]}] for i, label in enumerate(cfg.candidates)}
+        return {label: [{"test_acc": 0.5 + 0.1 * i, "train_s": 1.0, "curve": [1.0]}]
+                for i, label in enumerate(cfg.candidates)}
 
     monkeypatch.setattr(bench, "run_train", fake)
     out, (a, b, c) = tmp_path / "BENCHMARKS.md", list(CANDIDATES)[:3]
@@ -204,7 +206,7 @@ def test_training_targets_compare_the_default_centroid_row_with_pointnet2() -> N
         return [{"test_acc": a} for a in accs]
 
     lines = train_targets({"PointNet++ SSG": runs(0.95, 0.97), DEFAULT_CENTROID: runs(0.99, 0.98),
-                           "Full self-attention": runs(0.08, 0.09)})  # fmt: skip
+                           "Full self-attention": runs(0.08, 0.09)})
     assert len(lines) == 2 and "**met** (98.5 ± 0.7 vs 96.0 ± 1.4 %)" in lines[0] and "**not met**" in lines[1]
     assert train_targets({}) == []
 
@@ -224,7 +226,7 @@ def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_fai
 
     calls = []
 
-    def fake_child(module: str, payload: dict, cfg, python=None) -> dict:  # noqa: ANN001
+    def fake_child(module: str, payload: dict, cfg, python=None) -> dict:
         calls.append((payload["name"], payload["num_points"]))
         failed = payload["name"] == "pointnet2" and payload["num_points"] == 256
         return {"error": "out of memory"} if failed else {"train_ms": payload["num_points"] / 100}
@@ -234,7 +236,7 @@ def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_fai
     sizes = {"centroid_local": [128, 256, 512, 1024], "pointnet2": [128, 256, 512]}
     out = bench.sweep(["centroid_local", "pointnet2"], sizes, cfg, "train_ms")
     assert calls == [("centroid_local", 128), ("pointnet2", 128), ("centroid_local", 256), ("pointnet2", 256),
-                     ("centroid_local", 512), ("centroid_local", 1024)]  # fmt: skip
+                     ("centroid_local", 512), ("centroid_local", 1024)]
     assert list(out["centroid_local"]) == [128, 256, 512, 1024] and out["centroid_local"][1024]["train_ms"] == 10.24
     assert out["pointnet2"][512] == {"error": "skipped: N=256 failed (out of memory)"}
 
@@ -246,12 +248,14 @@ def test_cells_older_than_their_models_code_are_dropped() -> None:
 
     changed = last_change("dgcnn")
     before = subprocess.run(["git", "rev-parse", "--short", f"{changed}^"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()  # fmt: skip
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+                            text=True).stdout.strip()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
     assert is_stale({"commit": before}, changed) and is_stale({}, changed) and is_stale({"commit": "0000000"}, changed)
     assert not is_stale({"commit": head + "+dirty"}, changed)
     kept, dropped = drop_stale({"dgcnn": {1024: {"commit": before, "train_ms": 1.0}, 2048: {"commit": head}}})
-    assert list(kept["dgcnn"]) == [2048] and dropped == [f"dgcnn: N = 1024 (measured at {before}; code changed at {changed})"]
+    assert list(kept["dgcnn"]) == [2048]
+    assert dropped == [f"dgcnn: N = 1024 (measured at {before}; code changed at {changed})"]
 
 
 def test_the_quick_run_draws_its_plots_beside_the_report(tmp_path: Path) -> None:
@@ -260,7 +264,7 @@ def test_the_quick_run_draws_its_plots_beside_the_report(tmp_path: Path) -> None
     raw = json.loads(out.with_suffix(".json").read_text())
     raw["configs"]["train"] = {"train_per_class": 10, "train_epochs": 2}
     raw["train"] = {"A": [{"test_acc": 0.5, "train_s": 2.0}, {"test_acc": 0.7, "train_s": 2.0}],
-                    "B": [{"test_acc": 0.4, "train_s": 1.0}]}  # fmt: skip
+                    "B": [{"test_acc": 0.4, "train_s": 1.0}]}
     out.with_suffix(".json").write_text(json.dumps(raw))
     main(["--quick", "--output", str(out), "--parts"])  # re-render only: the plots are redrawn from the raw results
     text = out.read_text()
@@ -274,6 +278,6 @@ def test_accuracy_rows_intervals_and_the_pareto_front() -> None:
     assert ci95([1.0]) == 0.0 and ci95([1.0, 3.0]) == pytest.approx(12.71 * 2**0.5 / 2**0.5)
     assert pareto_front([(1.0, 90.0), (2.0, 80.0), (0.5, 85.0), (2.0, 70.0)]) == [0, 1]
     rows = train_rows({"configs": {"train": {"train_per_class": 10, "train_epochs": 2}},
-                       "train": {"A": [{"test_acc": 0.5, "train_s": 4.0}, {"test_acc": 0.7, "train_s": 4.0}]}})  # fmt: skip
+                       "train": {"A": [{"test_acc": 0.5, "train_s": 4.0}, {"test_acc": 0.7, "train_s": 4.0}]}})
     assert len(rows) == 1 and rows[0].acc_mean == pytest.approx(60.0) and rows[0].train_sps == pytest.approx(60.0)
     assert rows[0].infer_sps is None

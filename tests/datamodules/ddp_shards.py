@@ -28,10 +28,10 @@ class Recorder(L.LightningModule):
 
 def main(out: Path, root: str, data_seed: int | None) -> None:
     dm = ModelNetDataModule(root, num_points=64, batch_size=4, augment=None, cache_dir=str(out / "cache"),
-                            data_seed=data_seed)  # fmt: skip
+                            data_seed=data_seed)
     model = Recorder()
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)  # fmt: skip
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
     trainer.fit(model, dm)
     sampler = type(trainer.train_dataloader.sampler).__name__
     record = {"seen": model.seen, "n": len(dm.datasets["train"]), "sampler": sampler}

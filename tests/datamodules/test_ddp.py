@@ -23,7 +23,7 @@ def test_ddp_two_processes_disjoint_shards(generated_modelnet: Path, tmp_path: P
     script = Path(__file__).with_name("ddp_shards.py")
     seed = [] if data_seed is None else [str(data_seed)]
     proc = subprocess.run([sys.executable, str(script), str(tmp_path), str(generated_modelnet), *seed], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0["seen"] and r1["seen"]

@@ -93,7 +93,7 @@ def _write_every_format(tmp_path: Path) -> dict[str, Path]:
         files[name] = tmp_path / name
     faces = np.array([([0, 1, 2],), ([0, 2, 3],)], dtype=[("vertex_indices", "i4", (3,))])
     plyfile.PlyData([plyfile.PlyElement.describe(vertex[:4], "vertex"), plyfile.PlyElement.describe(faces, "face")],
-                    text=True).write(str(tmp_path / "mesh.ply"))  # fmt: skip
+                    text=True).write(str(tmp_path / "mesh.ply"))
     files["mesh.ply"] = tmp_path / "mesh.ply"
     (tmp_path / "mesh.off").write_text("OFF\n4 2 0\n0 0 0\n1 0 0\n1 1 0\n0 1 0\n3 0 1 2\n3 0 2 3\n")
     files["mesh.off"] = tmp_path / "mesh.off"
@@ -121,7 +121,8 @@ def test_truncated_files_are_named_as_truncated(tmp_path: Path, name: str) -> No
 def test_ascii_ply_declaring_100_vertices_with_2_present(tmp_path: Path) -> None:
     """The case of the issue: Open3D returned 98 uninitialised points here; the strict reader refuses."""
     path = tmp_path / "short.ply"
-    header = "ply\nformat ascii 1.0\nelement vertex 100\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+    header = ("ply\nformat ascii 1.0\nelement vertex 100\nproperty float x\nproperty float y\nproperty float z\n"
+              "end_header\n")
     path.write_text(header + "0 0 0\n1 1 1\n")
     with pytest.raises(DataFormatError, match=r"short.ply: truncated: .*vertex.*row 2"):
         read_points(path)

@@ -36,7 +36,7 @@ def _in_two_threads(fn: Callable[[], Any]) -> list[Any]:
     def run(i: int) -> None:
         try:
             results[i] = fn()
-        except Exception as e:  # noqa: BLE001 - reported by the assertions
+        except Exception as e:  # noqa: BLE001 -- reported by the assertions
             results[i] = e
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]

@@ -32,6 +32,7 @@ def test_glued_header_variant_of_real_file_loads_identically(real_samples: Path,
     assert v0.shape == (3514, 3) and f0.shape == (3546, 3)
     a, b = read_points(original, 512), read_points(tmp_path / "bathtub_0001_glued_DERIVED.off", 512)
     assert a["pos"].shape == (512, 3) and a["normal"].shape == (512, 3)
+    assert b["pos"].shape == (512, 3) and b["normal"].shape == (512, 3)
 
 
 def test_crlf_comments_trailing_spaces_no_final_newline(tmp_path: Path) -> None:

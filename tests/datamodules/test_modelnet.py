@@ -12,8 +12,8 @@ import torch
 
 from datamodules import Augment, DataFormatError, ModelNetDataModule
 from datamodules.batch import check_batch
-from datamodules.synthetic import CLASS_NAMES
 from datamodules.modelnet_formats import OffSource, PlyH5Source, ResampledSource
+from datamodules.synthetic import CLASS_NAMES
 from datamodules.tables import MODELNET40_CLASSES
 from tests.datamodules.conftest import TINY
 
@@ -31,7 +31,8 @@ def test_real_resampled_reader_classes_and_missing_listed_file(resampled_samples
 
 
 def test_real_resampled_datamodule_skip(resampled_samples: Path, tmp_path: Path) -> None:
-    dm = ModelNetDataModule(str(resampled_samples), missing_files="skip", val_split=0.5, cache_dir=str(tmp_path), **SMALL)
+    dm = ModelNetDataModule(str(resampled_samples), missing_files="skip", val_split=0.5, cache_dir=str(tmp_path),
+                            **SMALL)
     assert dm.num_classes == 40 and dm.in_channels == 3
     dm.setup("fit")
     assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 2
@@ -43,7 +44,8 @@ def test_real_modelnet10_off(real_samples: Path, tmp_path: Path) -> None:
     src = OffSource(real_samples / "ModelNet10", name="10", mesh_points=2000)
     clouds = list(src.clouds("train"))
     assert len(clouds) == 3 and {label for _, label in clouds} == {0}  # bathtub = 0 in ModelNet10
-    dm = ModelNetDataModule(str(real_samples / "ModelNet10"), name="10", cache_dir=str(tmp_path), mesh_points=2000, **SMALL)
+    dm = ModelNetDataModule(str(real_samples / "ModelNet10"), name="10", cache_dir=str(tmp_path), mesh_points=2000,
+                            **SMALL)
     assert dm._resolved_format() == "off" and dm.num_classes == 10
     assert dm._arrays("train")["pos"].shape == (3, 128, 3)
 
@@ -106,7 +108,9 @@ def test_augment_off_at_test_and_deterministic_data(generated_modelnet: Path, tm
     assert torch.allclose(t1["normal"].norm(dim=-1), torch.ones(128), atol=1e-5)
 
 
-def test_cache_reused_and_invalidated(generated_modelnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_reused_and_invalidated(
+    generated_modelnet: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = tmp_path / "copy"
     shutil.copytree(generated_modelnet, root)
     builds = []

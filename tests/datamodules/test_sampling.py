@@ -51,7 +51,7 @@ def test_batches_arrive_in_fps_order(generated_modelnet, tmp_path, split: str) -
     """Evaluation splits come from the cache in FPS order; training clouds only with ``fps_order`` (for models
     with ``sampling: prefix``)."""
     dm = ModelNetDataModule(root=str(generated_modelnet), format="generated", num_points=128, batch_size=4,
-                            use_normals=True, cache_dir=str(tmp_path), fps_order=split == "train")  # fmt: skip
+                            use_normals=True, cache_dir=str(tmp_path), fps_order=split == "train")
     dm.setup("fit" if split == "train" else "test")
     batch = next(iter(dm.train_dataloader() if split == "train" else dm.test_dataloader()))
     for pos, normal in zip(batch["pos"], batch["normal"]):  # the order of each (augmented) cloud is the identity
@@ -62,7 +62,7 @@ def test_batches_arrive_in_fps_order(generated_modelnet, tmp_path, split: str) -
 def test_training_clouds_are_not_ordered_by_default(generated_modelnet, tmp_path) -> None:
     """The model samples for itself: the loader spends nothing on ordering augmented (shuffled) clouds."""
     dm = ModelNetDataModule(root=str(generated_modelnet), format="generated", num_points=128, batch_size=4,
-                            cache_dir=str(tmp_path))  # fmt: skip
+                            cache_dir=str(tmp_path))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert not all(fps_order(pos.numpy(), 64)[:64].tolist() == list(range(64)) for pos in batch["pos"])

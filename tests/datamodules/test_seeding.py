@@ -16,7 +16,7 @@ SMALL = {"num_points": 64, "batch_size": 4, "format": "generated"}
 
 def _batches(root: Path, cache: Path, data_seed: int | None, num_workers: int = 0, epoch: int = 0) -> list[dict]:
     dm = ModelNetDataModule(str(root), cache_dir=str(cache), data_seed=data_seed, num_workers=num_workers,
-                            augment=Augment(rotate_up=True), fps_order=True, **SMALL)  # fmt: skip
+                            augment=Augment(rotate_up=True), fps_order=True, **SMALL)
     loader = dm.train_dataloader()
     if data_seed is not None:
         loader.sampler.set_epoch(epoch)  # what Lightning does before an epoch
@@ -24,7 +24,8 @@ def _batches(root: Path, cache: Path, data_seed: int | None, num_workers: int = 
 
 
 def _same(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
+    return len(a) == len(b) and all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+                                    for x, y in zip(a, b))
 
 
 def test_derived_seed_is_stable_and_mixes_every_key() -> None:
@@ -33,7 +34,9 @@ def test_derived_seed_is_stable_and_mixes_every_key() -> None:
     assert 0 <= derived_seed(2**40, 5) < 2**63
 
 
-def test_data_seed_fixes_order_and_augmentation_whatever_the_global_rng(generated_modelnet: Path, tmp_path: Path) -> None:
+def test_data_seed_fixes_order_and_augmentation_whatever_the_global_rng(
+    generated_modelnet: Path, tmp_path: Path
+) -> None:
     torch.manual_seed(0)
     a = _batches(generated_modelnet, tmp_path, data_seed=5)
     torch.manual_seed(1)  # another model's construction would leave the global RNG elsewhere
@@ -48,7 +51,7 @@ def test_data_seed_fixes_order_and_augmentation_whatever_the_global_rng(generate
 
 def test_data_seed_stream_does_not_depend_on_workers(generated_modelnet: Path, tmp_path: Path) -> None:
     assert _same(_batches(generated_modelnet, tmp_path, 5, num_workers=0, epoch=2),
-                 _batches(generated_modelnet, tmp_path, 5, num_workers=2, epoch=2))  # fmt: skip
+                 _batches(generated_modelnet, tmp_path, 5, num_workers=2, epoch=2))
 
 
 def test_without_data_seed_the_global_rng_decides(generated_modelnet: Path, tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ import pytest
 
 from datamodules import DataFormatError, ShapeNetPartDataModule
 from datamodules.batch import check_batch
-from datamodules.synthetic import PART_TABLE
 from datamodules.shapenet_formats import TxtSegSource
+from datamodules.synthetic import PART_TABLE
 from datamodules.tables import SHAPENETPART_TABLE
 from tests.datamodules.conftest import TINY
 
@@ -67,7 +67,9 @@ def _copy_with_label(shapenet_samples: Path, tmp_path: Path, label: str) -> Path
     return root
 
 
-@pytest.mark.parametrize(("label", "problem"), [("50.000000", "outside 0..49"), ("3.000000", "does not belong to Table")])
+@pytest.mark.parametrize(
+    ("label", "problem"), [("50.000000", "outside 0..49"), ("3.000000", "does not belong to Table")]
+)
 def test_bad_part_labels(shapenet_samples: Path, tmp_path: Path, label: str, problem: str) -> None:
     root = _copy_with_label(shapenet_samples, tmp_path, label)
     src = TxtSegSource(root, SHAPENETPART_TABLE, [15])

@@ -101,7 +101,7 @@ def test_point_order_and_batch_order_do_not_matter(mode: str) -> None:
 )
 def test_edge_sizes(n: int, centroids: list[int], k: int) -> None:
     net = CentroidBackbone(stem_width=8, num_centroids=centroids, widths=[8] * len(centroids),
-                           stage=StageSettings(k=k, heads=2))  # fmt: skip
+                           stage=StageSettings(k=k, heads=2))
     cls = ClassificationHead(8, 3, hidden=[8])
     seg = SegmentationHead(net.channels, 2, hidden=8)
     pos, _ = _cloud(2, n, 6)
@@ -237,7 +237,7 @@ def test_cuda_trains_with_two_million_centroids_in_a_batch() -> None:
     torch.manual_seed(0)
     b, n = 256, 16384
     net = CentroidBackbone(3, stem_width=16, num_centroids=[n // 2, n // 8, n // 32], widths=[16, 16, 16],
-                           stage=StageSettings(k=8, heads=2), sampling="prefix").cuda()  # fmt: skip
+                           stage=StageSettings(k=8, heads=2), sampling="prefix").cuda()
     pos = torch.rand(b, n, 3, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = net(pos, pos)
@@ -458,7 +458,7 @@ def test_sync_batch_norm_on_one_process_is_the_batch_norm(layers: int) -> None:
     outs = [init(x, points, centres, nbr) for init in (plain, synced)]
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
     grads = [torch.autograd.grad(out.square().sum(), list(init.parameters()))
-             for out, init in zip(outs, (plain, synced))]  # fmt: skip
+             for out, init in zip(outs, (plain, synced))]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for a, b in zip(plain.buffers(), synced.buffers(), strict=True):
@@ -492,7 +492,7 @@ def test_rows_in_locality_order_change_nothing(mode: str, monkeypatch: pytest.Mo
     runs = []
     for identity in (False, True):
         if identity:
-            identity_order = lambda p: torch.arange(p.shape[1]).expand(p.shape[0], -1)  # noqa: E731
+            identity_order = lambda p: torch.arange(p.shape[1]).expand(p.shape[0], -1)  # noqa: E731 -- a one-line stand-in
             monkeypatch.setattr("models.backbone.locality_order", identity_order)
         torch.manual_seed(0)
         stage = CentroidStage(8, 16, 12, StageSettings(k=5, heads=2, mode=mode)).double()

@@ -13,7 +13,7 @@ from models.ops import TRITON, knn
 
 #: Every way a step runs: the formula, and each per-pair kernel of models.pairs.
 KERNELS = ["reference", "auto", "gathered", "chunked", "csr",
-           pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="Triton is not installed"))]  # fmt: skip
+           pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="Triton is not installed"))]
 
 B, M, N, C, H, K = 2, 5, 11, 8, 2, 4
 
@@ -31,7 +31,7 @@ def _lin(layer: nn.Linear, v: Tensor) -> Tensor:
 
 
 def _reference(
-    attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clustering_norm: bool = False  # noqa: ANN001
+    attn: CentroidAttention, u, x, pos_u, pos_x, neighbors, clustering_norm: bool = False
 ) -> tuple[Tensor, Tensor]:
     """Loops over batch, centroid i, head and input j: a_ij = softmax_j(q_i·k_ij/√d), out_i = W_o Σ_j a_ij v_ij.
 
@@ -77,7 +77,7 @@ def _reference(
     for b in range(B):
         for i in range(u.shape[1]):
             mixed = torch.cat([(a[b, head, i, :, None] * values[b, i, :, head * d : (head + 1) * d]).sum(0)
-                               for head in range(h)])  # fmt: skip
+                               for head in range(h)])
             out[b, i] = _lin(attn.to_out, mixed)
     return out, a
 
@@ -248,12 +248,12 @@ def test_position_code_factorisation_with_dropout_keeps_the_bias_term(monkeypatc
     ("local", True, False, "auto"), ("local", True, True, "auto"), ("local", False, False, "reference"),
     ("local", True, False, "gathered"), ("local", True, False, "chunked"),
     ("global", True, False, "auto"), ("global", False, False, "auto"), ("global", False, True, "auto"),
-])  # fmt: skip
+])
 def test_every_path_runs_under_bf16_autocast_on_cpu(
     mode: str, pos_encoding: bool, clustering_norm: bool, kernel: str
 ) -> None:
     block = CentroidAttentionBlock(C, H, mode=mode, pos_encoding=pos_encoding, clustering_norm=clustering_norm,
-                                   kv_dim=6, kernel=kernel)  # fmt: skip
+                                   kv_dim=6, kernel=kernel)
     u, x, pos_u, pos_x, nbr = _inputs(24, torch.float32, c_in=6)
     full, _ = block(u, x, pos_u, pos_x, nbr)
     with torch.autocast("cpu", dtype=torch.bfloat16):

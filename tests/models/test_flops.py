@@ -12,7 +12,7 @@ from models.heads import ClassificationHead, SegmentationHead
 
 def test_per_stage_flops_are_positive_and_sum_to_total() -> None:
     net = CentroidBackbone(stem_width=16, num_centroids=[64, 32, 16], widths=[32, 32, 32],
-                           stage=StageSettings(k=8, heads=2))  # fmt: skip
+                           stage=StageSettings(k=8, heads=2))
     head = ClassificationHead(32, 10, hidden=[16])
     flops = count_flops(net, head, num_points=128, batch_size=2)
     assert list(flops) == ["stem", "stage_1", "stage_2", "stage_3", "head", "total"]
@@ -25,7 +25,7 @@ def test_per_stage_flops_are_positive_and_sum_to_total() -> None:
 
 def test_nothing_is_counted_outside_the_parts() -> None:
     net = CentroidBackbone(stem_width=16, num_centroids=[32, 16], widths=[16, 32],
-                           stage=StageSettings(k=8, heads=2, mode="global"))  # fmt: skip
+                           stage=StageSettings(k=8, heads=2, mode="global"))
     seg = SegmentationHead(net.channels, 5, num_categories=2, hidden=16)
     flops = count_flops(net, seg, num_points=64)
     pos = torch.rand(1, 64, 3)
@@ -35,7 +35,7 @@ def test_nothing_is_counted_outside_the_parts() -> None:
     assert flops["total"] == counter.get_total_flops()
     # local attention on the same sizes costs less than global attention over every input
     local_net = CentroidBackbone(stem_width=16, num_centroids=[32, 16], widths=[16, 32],
-                                 stage=StageSettings(k=8, heads=2))  # fmt: skip
+                                 stage=StageSettings(k=8, heads=2))
     local = count_flops(local_net, num_points=64)
     assert local["stage_1"] < flops["stage_1"]
 

@@ -43,7 +43,7 @@ def _fake_output(b: int = 2, n: int = 20, c_last: int = 8) -> BackboneOutput:
         stages.append(
             StageOutput(torch.rand(b, m, 3, generator=g), torch.randn(b, m, c, generator=g),
                         torch.zeros(b, m, dtype=torch.long), torch.zeros(b, m, 2, dtype=torch.long), None, None)
-        )  # fmt: skip
+        )
     return BackboneOutput(torch.rand(b, n, 3, generator=g), torch.randn(b, n, 5, generator=g), stages)
 
 

@@ -56,7 +56,7 @@ def test_fast_fps_is_one_node_under_compile() -> None:
     pos = torch.randn(2, 200, 3, generator=torch.Generator().manual_seed(7))
     graphs = []
 
-    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:  # noqa: ARG001
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
         graphs.append(gm)
         return gm.forward
 

@@ -35,7 +35,7 @@ ONE_WINNER = ["chunked", _TRITON]  # the kernels that route a maximum's gradient
 
 
 def _attention_inputs(seed: int, rel: bool = True, sizes: tuple[int, ...] = (R, S, K, H, D, E),
-                      dtype: torch.dtype = torch.float64) -> tuple[list[torch.Tensor], torch.Tensor]:  # fmt: skip
+                      dtype: torch.dtype = torch.float64) -> tuple[list[torch.Tensor], torch.Tensor]:
     """q, key, value (and rel, w2, b2), leaves of ``dtype``, and the index ``[R, K]``."""
     R_, S_, K_, H_, D_, E_ = sizes
     g = torch.Generator().manual_seed(seed)
@@ -44,7 +44,7 @@ def _attention_inputs(seed: int, rel: bool = True, sizes: tuple[int, ...] = (R, 
     return tensors, torch.randint(0, S_, (R_, K_), generator=g)
 
 
-def _attention_formula(q, key, value, index, scale, rel=None, w2=None, b2=None):  # noqa: ANN001, ANN202
+def _attention_formula(q, key, value, index, scale, rel=None, w2=None, b2=None):
     """As the paper reads: δ = W_2 r + b_2 built per pair and added to the gathered keys and values."""
     k, v = key[index], value[index]  # (R, K, H, D)
     if rel is not None:
@@ -73,7 +73,7 @@ def test_local_attention_equals_its_formula(kernel: str, rel: bool, max_rows: in
 @pytest.mark.parametrize("kernel", ATTENTION)
 def test_local_attention_passes_gradcheck(kernel: str) -> None:
     tensors, index = _attention_inputs(1)
-    attend = lambda *t: local_attention(*t[:3], index, 0.5, *t[3:], kernel=kernel, max_rows=3)[0]  # noqa: E731
+    attend = lambda *t: local_attention(*t[:3], index, 0.5, *t[3:], kernel=kernel, max_rows=3)[0]  # noqa: E731 -- a one-line shorthand
     assert torch.autograd.gradcheck(attend, tensors, fast_mode=True)
 
 
@@ -108,7 +108,7 @@ def test_local_attention_runs_under_bf16_autocast_on_cpu(kernel: str) -> None:
     assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 for t in tensors)
 
 
-def _pool_formula(source, offsets, w_pos, norm, index):  # noqa: ANN001, ANN202
+def _pool_formula(source, offsets, w_pos, norm, index):
     z = source[index] + offsets @ w_pos.t()  # (R, K, C)
     return norm(z).amax(dim=1)
 
@@ -134,11 +134,11 @@ def test_knn_max_pool_equals_its_formula_and_passes_gradcheck(kernel: str) -> No
     for a, b in zip(grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
-    pool = lambda s, o, w: knn_max_pool(s, o, w, norm, index, kernel=kernel, max_rows=4)  # noqa: E731
+    pool = lambda s, o, w: knn_max_pool(s, o, w, norm, index, kernel=kernel, max_rows=4)  # noqa: E731 -- a one-line shorthand
     assert torch.autograd.gradcheck(pool, (source, offsets, w_pos), fast_mode=True)
 
 
-def _batchnorm_pool_formula(source, points, centres, w_pos, norm, index):  # noqa: ANN001, ANN202
+def _batchnorm_pool_formula(source, points, centres, w_pos, norm, index):
     """``max_k BN(z)`` with the R·K pairs built: z_rk = source_j + W_p (p_j − p_r), ``[R, C]``."""
     pairs = source[index] + (points[index] - centres.unsqueeze(1)) @ w_pos.t()  # (R, K, C)
     return norm(pairs.view(-1, pairs.shape[-1])).view(pairs.shape).amax(dim=1)
@@ -155,12 +155,12 @@ def test_knn_max_pool_backward_survives_an_ulp_between_forward_and_recomputation
     source, offsets = torch.randn(S, C, generator=g, requires_grad=True), torch.randn(R, K, 3, generator=g)
     w_pos, norm, index = torch.randn(C, 3, generator=g), torch.nn.LayerNorm(C), torch.randint(0, S, (R, K), generator=g)
     (want,) = torch.autograd.grad(knn_max_pool(source, offsets, w_pos, norm, index, kernel="chunked", max_rows=4).sum(),
-                                  source)  # fmt: skip
+                                  source)
     layer_norm = torch.nn.functional.layer_norm
     monkeypatch.setattr(torch.nn.functional, "layer_norm",
-                        lambda *a, **kw: torch.nextafter(layer_norm(*a, **kw), torch.tensor(float("inf"))))  # fmt: skip
+                        lambda *a, **kw: torch.nextafter(layer_norm(*a, **kw), torch.tensor(float("inf"))))
     (got,) = torch.autograd.grad(knn_max_pool(source, offsets, w_pos, norm, index, kernel="chunked", max_rows=4).sum(),
-                                 source)  # fmt: skip
+                                 source)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -195,7 +195,7 @@ def test_knn_batchnorm_max_pool_equals_its_formula(training: bool, kernel: str) 
     for a, b in zip(grads, want_grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     if training:
-        pool = lambda *t: knn_batchnorm_max_pool(*t, norms[0], index, kernel=kernel, max_rows=4)  # noqa: E731
+        pool = lambda *t: knn_batchnorm_max_pool(*t, norms[0], index, kernel=kernel, max_rows=4)  # noqa: E731 -- a one-line shorthand
         assert torch.autograd.gradcheck(pool, inputs, fast_mode=True)
 
 
@@ -207,7 +207,7 @@ def test_neighbour_max_equals_amax(kernel: str, max_rows: int | None) -> None:
     values, index = torch.randn(S, 7, generator=g, dtype=torch.float64), torch.randint(0, S, (R, K), generator=g)
     want = values[index].amax(dim=1)
     torch.testing.assert_close(neighbour_max(values.requires_grad_(), index, kernel=kernel, max_rows=max_rows), want,
-                               rtol=0, atol=0)  # fmt: skip
+                               rtol=0, atol=0)
     with torch.no_grad():
         torch.testing.assert_close(neighbour_max(values, index, kernel=kernel, max_rows=max_rows), want, rtol=0, atol=0)
 
@@ -420,7 +420,7 @@ def test_chunked_backwards_take_gradients_in_another_dtype() -> None:
          [q, q_rel, key, value, rel]),
         ((chunked_knn_max_pool(source, offsets, w_pos, norm, index, 4),), [f32(R, 6)], [source, offsets, w_pos]),
         ((fused_neighbour_max(values, index, 4),), [f32(R, 6), None], [values]),  # second output: the winners
-    ]  # fmt: skip
+    ]
     for outputs, grads, inputs in calls:
         used = [(o, gr.bfloat16()) for o, gr in zip(outputs, grads) if gr is not None]
         eager = torch.autograd.grad([o for o, _ in used], inputs, [gr for _, gr in used], retain_graph=True)
@@ -456,10 +456,10 @@ def test_the_gathered_kernels_export_as_plain_torch_operators() -> None:
             super().__init__()
             self.norm = torch.nn.BatchNorm1d(D).eval()
 
-        def forward(self, q, key, value, rel, w2, b2, index, points):  # noqa: ANN001, ANN202
+        def forward(self, q, key, value, rel, w2, b2, index, points):
             out, _ = local_attention(q, key, value, index, 0.5, rel, w2, b2, kernel="gathered")
             pooled = knn_batchnorm_max_pool(key[:, 0], points, points[:R], w2[0, :, :3], self.norm, index,
-                                            kernel="gathered")  # fmt: skip
+                                            kernel="gathered")
             return out, pooled
 
     tensors, index = _attention_inputs(17)

@@ -12,7 +12,7 @@ from models.ops import farthest_point_sample
 
 pytest.importorskip("triton", reason="Triton is not installed (the dev extras bring it on Linux x86-64)")
 
-from models.triton_fps import triton_farthest_point_sample  # noqa: E402  (after the skip: it imports Triton)
+from models.triton_fps import triton_farthest_point_sample
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

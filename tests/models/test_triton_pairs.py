@@ -14,14 +14,14 @@ import torch
 
 from models.pairs import local_attention, neighbour_max
 from models.pairs.operators import _warn_atomic_adds, fused_attention, fused_neighbour_max
-from tests.models.test_pairs import _attention_inputs, deterministic, non_finite_rows  # noqa: F401 (a fixture)
+from tests.models.test_pairs import _attention_inputs, deterministic, non_finite_rows  # noqa: F401 -- deterministic: a fixture
 
 pytest.importorskip("triton", reason="Triton is not installed (the dev extras bring it on Linux x86-64)")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _attention_formula(q, key, value, index, scale, q_rel=None, rel=None):  # noqa: ANN001, ANN202
+def _attention_formula(q, key, value, index, scale, q_rel=None, rel=None):
     """The fused operators' contract: ``out``, ``mixed = Σ a r`` (or ``None``) and the weights."""
     logits = (key[index] * q.unsqueeze(1)).sum(-1)  # (R, K, H)
     if rel is not None:
@@ -31,11 +31,11 @@ def _attention_formula(q, key, value, index, scale, q_rel=None, rel=None):  # no
     return out, None if rel is None else a.transpose(1, 2) @ rel, a
 
 
-def triton_local_attention(q, key, value, index, scale, q_rel=None, rel=None):  # noqa: ANN001, ANN201
+def triton_local_attention(q, key, value, index, scale, q_rel=None, rel=None):
     return fused_attention(q, key, value, index, scale, 0, q_rel, rel, triton=True)
 
 
-def chunked_local_attention(q, key, value, index, scale, q_rel=None, rel=None):  # noqa: ANN001, ANN201
+def chunked_local_attention(q, key, value, index, scale, q_rel=None, rel=None):
     return fused_attention(q, key, value, index, scale, 64, q_rel, rel, triton=False)
 
 
@@ -53,7 +53,7 @@ def _inputs(
     return tensors, torch.randint(0, S, (R, K), generator=g).to(DEVICE)
 
 
-def _outputs_and_grads(fn, tensors: list[torch.Tensor], index: torch.Tensor, seed: int) -> list[torch.Tensor]:  # noqa: ANN001
+def _outputs_and_grads(fn, tensors: list[torch.Tensor], index: torch.Tensor, seed: int) -> list[torch.Tensor]:
     """out, mixed (if any), weights and the gradients of every input for fixed random output gradients."""
     q, key, value, *position = tensors
     out, mixed, weights = fn(q, key, value, index, 0.7, *position)
@@ -79,7 +79,7 @@ def test_triton_local_attention_passes_gradcheck() -> None:
     assert torch.autograd.gradcheck(
         lambda *t: triton_local_attention(t[0], t[1], t[2], index, 0.7, t[3], t[4])[:2],
         (q, key, value, q_rel, rel), fast_mode=True,
-    )  # fmt: skip
+    )
 
 
 def test_triton_local_attention_sums_bf16_in_float32() -> None:
@@ -125,7 +125,8 @@ def test_triton_neighbour_max_of_non_finite_rows() -> None:
     torch.testing.assert_close(grad, want, rtol=0, atol=0)
 
 
-def test_triton_backward_warns_once_under_deterministic_algorithms(deterministic: None) -> None:
+@pytest.mark.usefixtures("deterministic")
+def test_triton_backward_warns_once_under_deterministic_algorithms() -> None:
     """The Triton backward asked for explicitly under deterministic algorithms: one warning per operator naming it
     (its atomic adds have no fixed order), none after."""
     tensors, index = _inputs(SIZES[0], True, torch.float64, seed=9)
