@@ -19,10 +19,11 @@ import torch
 from lightning.pytorch import LightningModule
 
 from datamodules.base import PointCloudDataModule
-from models.backbone import StageSettings
+from models.backbone import CentroidBackbone, StageSettings
 
 TASK_PREFIX = "app.tasks."
 DATA_PREFIX = "datamodules."
+CENTROID_BACKBONE = f"{CentroidBackbone.__module__}.{CentroidBackbone.__name__}"
 #: Hyper-parameters that must agree between a checkpoint and the model a config builds around it.
 MATCHED_HPARAMS = ("num_classes", "num_parts", "num_categories", "class_names", "category_names")
 #: Data settings that decide what the model sees (the pictures and predictions must use the trained ones).
@@ -65,7 +66,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _check_stage_settings(path: Path, backbone: Any) -> None:
-    """Refuse, in one line, a checkpoint whose backbone takes the per-stage settings flat (before ``stage:``)."""
+    """Refuse, in one line, a checkpoint whose centroid backbone takes the per-stage settings flat (before
+    ``stage:``); other backbones (the baselines) have flat arguments of their own."""
+    if not isinstance(backbone, Mapping) or backbone.get("class_path") != CENTROID_BACKBONE:
+        return
     args = _init_args(backbone)
     flat = sorted(set(args) & {f.name for f in dataclasses.fields(StageSettings)})
     if flat and "stage" not in args:
