@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
 import json
 import math
-import platform
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.runner import provenance
 from datamodules.synthetic.hard import HardConfig, generate_hard
 
 CONFIGS = Path("configs/learning")
@@ -55,8 +54,7 @@ def last_val_acc(run_dir: Path) -> float:
     return values[-1]
 
 
-def _params(ckpt: Path) -> int:
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+def _params(state: dict[str, torch.Tensor]) -> int:
     return sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k)
 
 
@@ -71,26 +69,15 @@ def run_row(row: str, seed: int, out: Path, quick: bool = False) -> dict:
     test_wall = _run(["test", *config, "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(run_dir),
                       "--trainer.logger.init_args.save_dir", str(run_dir)])
     test = json.loads(max(run_dir.glob("csv/version_*/test_metrics*.json")).read_text())
-    meta = torch.load(ckpt, map_location="cpu", weights_only=False)
+    meta = torch.load(ckpt, map_location="cpu", weights_only=True)
     epochs, steps = meta["epoch"] + 1, meta["global_step"]
     batch = meta["datamodule_hyper_parameters"]["batch_size"]
     return {
         "model": row, "variant": "last epoch", "seed": seed, "val_acc": last_val_acc(run_dir),
         "test_acc": test["metrics"]["test/acc"], "epochs": epochs,
         "train_samples_per_s": steps * batch / fit_wall, "infer_samples_per_s": test["num_samples"] / test_wall,
-        "params": _params(ckpt), "commit": _commit(), "date": datetime.datetime.now(datetime.UTC).isoformat(),
-        "machine": _machine(), "torch": torch.__version__,
+        "params": _params(meta["state_dict"]), **provenance(),
     }
-
-
-def _commit() -> str:
-    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
-    return done.stdout.strip() or "unknown"
-
-
-def _machine() -> str:
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x{torch.get_num_threads()} threads"
-    return f"{platform.node()} {device}"
 
 
 def interval(values: list[float]) -> tuple[float, float, float, float]:
