@@ -298,8 +298,9 @@ def _odd_h5_copy(gen_root: Path, out: Path) -> Path:
 
 @pytest.mark.slow
 def test_ddp_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Path) -> None:
-    """2 CPU processes (gloo): training runs, and test metrics equal a 1-process evaluation of the same
-    checkpoint on an odd-sized test split (no double-counted padding)."""
+    """2 CPU processes (gloo): training runs, and the test metrics, single-view and voted (3 views), equal a
+    1-process evaluation of the same checkpoint on an odd-sized test split (DistributedSampler pads: no shape
+    double-counted)."""
     h5_root = _odd_h5_copy(gen_cls_root, in_tmp / "h5")
     base = [sys.executable, "-m", "app"]
     tiny = [*tiny_args(gen_cls_root, epochs=1),
@@ -307,14 +308,15 @@ def test_ddp_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Path
     ddp = ["--config", str(REPO / "configs/trainer/ddp_cpu.yaml")]
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     subprocess.run([*base, "fit", "--config", DEMO, *tiny, *ddp], check=True, env=env, timeout=600)
-    ckpt = str(in_tmp / "runs/demo/checkpoints/last.ckpt")
-    subprocess.run([*base, "test", "--config", DEMO, *tiny, *ddp, "--ckpt_path", ckpt],
-                   check=True, env=env, timeout=600)
+    test = [*base, "test", "--config", DEMO, *tiny, "--ckpt_path", str(in_tmp / "runs/demo/checkpoints/last.ckpt"),
+            "--model.init_args.vote_views", "3"]
+    subprocess.run([*test, *ddp], check=True, env=env, timeout=600)
     two = _last_metrics(in_tmp / "runs")
-    subprocess.run([*base, "test", "--config", DEMO, *tiny, "--ckpt_path", ckpt], check=True, env=env, timeout=600)
+    subprocess.run(test, check=True, env=env, timeout=600)
     one = _last_metrics(in_tmp / "runs")
     assert one["num_samples"] == two["num_samples"] and one["num_samples"] % 2 == 1
-    assert sum(map(sum, two["details"]["confusion"])) == two["num_samples"]  # every shape counted once
-    for key in ("test/acc", "test/macc", "test/loss"):
+    for confusion in ("confusion", "confusion_vote"):  # every shape counted once, the same way
+        assert sum(map(sum, two["details"][confusion])) == two["num_samples"]
+        assert one["details"][confusion] == two["details"][confusion]
+    for key in ("test/acc", "test/macc", "test/loss", "test/acc_vote", "test/macc_vote"):
         assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-6), key
-    assert one["details"]["confusion"] == two["details"]["confusion"]

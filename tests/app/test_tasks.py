@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +19,7 @@ from app import callbacks
 from app.cli import build_from_config, make_cli
 from app.tasks import VOTE_SCALE, VOTE_TRANSLATE, ClassificationTask, SegmentationTask, checkpoint_kind, vote_transforms
 from models.backbone import CentroidBackbone, StageSettings
-from tests.app.conftest import DEMO, REPO, tiny_args
+from tests.app.conftest import DEMO, tiny_args
 
 PART_MASK = [[1, 1, 0, 0, 0], [0, 0, 1, 1, 1]]  # category 0 owns parts {0, 1}, category 1 owns {2, 3, 4}
 
@@ -218,33 +215,6 @@ def test_cli_test_votes_on_request_and_records_checkpoint(in_tmp: Path, gen_cls_
     assert result["checkpoint"]["kind"] == "last"  # the configs' monitor-less last.ckpt callback
     assert sum(map(sum, result["details"]["confusion_vote"])) == result["num_samples"]
     assert result["checkpoint"] == {"path": str(ckpt), "kind": "last", "epoch": 0}
-
-
-@pytest.mark.slow
-def test_vote_two_processes_equal_single_process(in_tmp: Path, gen_cls_root: Path) -> None:
-    """The same checkpoint tested with voting on 1 and on 2 CPU processes (odd-sized split, so DistributedSampler
-    pads): identical acc_vote / macc_vote and vote confusion, every shape counted once."""
-    from tests.app.test_cli import _odd_h5_copy
-
-    h5_root = _odd_h5_copy(gen_cls_root, in_tmp / "h5")
-    base = [sys.executable, "-m", "app"]
-    tiny = [*tiny_args(gen_cls_root, epochs=1), "--data.init_args.root", str(h5_root),
-            "--data.init_args.format", "ply_hdf5"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    subprocess.run([*base, "fit", "--config", DEMO, *tiny], check=True, env=env, timeout=600)
-    test = [*base, "test", "--config", DEMO, *tiny, "--ckpt_path", str(in_tmp / "runs/demo/checkpoints/last.ckpt"),
-            "--model.init_args.vote_views", "3"]
-    results = []
-    for extra in (["--config", str(REPO / "configs/trainer/ddp_cpu.yaml")], []):
-        subprocess.run([*test, *extra], check=True, env=env, timeout=600)
-        files = sorted((in_tmp / "runs").rglob("test_metrics*.json"), key=lambda p: p.stat().st_mtime)
-        results.append(json.loads(files[-1].read_text()))
-    two, one = results
-    assert one["num_samples"] == two["num_samples"] and one["num_samples"] % 2 == 1
-    assert sum(map(sum, two["details"]["confusion_vote"])) == two["num_samples"]
-    assert one["details"]["confusion_vote"] == two["details"]["confusion_vote"]
-    for key in ("test/acc_vote", "test/macc_vote"):
-        assert one["metrics"][key] == pytest.approx(two["metrics"][key], abs=1e-6), key
 
 
 def test_compile_runs_the_backbone_compiled_once_and_keeps_the_checkpoint_keys(tmp_path: Path, monkeypatch) -> None:

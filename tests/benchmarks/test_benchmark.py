@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,23 @@ def _tables(text: str) -> list[list[str]]:
     return tables + ([cur] if cur else [])
 
 
-def test_quick_run_writes_well_formed_markdown(tmp_path: Path) -> None:
-    out = tmp_path / "BENCHMARKS.md"
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One quick run of every default part (cost, ops, train), shared by the tests that read or re-render it."""
+    out = tmp_path_factory.mktemp("quick") / "BENCHMARKS.md"
     main(["--quick", "--output", str(out), "--threads", "1"])
+    return out
+
+
+def _copy_run(run: Path, out: Path) -> Path:
+    """The quick run's report and raw results copied to ``out`` (and ``out.json``), for a test to change."""
+    shutil.copy(run, out)
+    shutil.copy(run.with_suffix(".json"), out.with_suffix(".json"))
+    return out
+
+
+def test_quick_run_writes_well_formed_markdown(quick_run: Path) -> None:
+    out = quick_run
     text = out.read_text()
     assert text.startswith("# Benchmarks")
     for heading in ("## Cost against N", "## Centroid backbone variants", "## Growth of fwd+bwd time",
@@ -108,11 +123,10 @@ def test_a_part_can_be_rerun_keeping_the_others(tmp_path: Path) -> None:
     assert "| Kept row | 50.0 ± 0.0 |" in text and "## Cost against N" in text and "fps_order_data" in text
 
 
-def test_a_gpu_run_is_kept_apart_and_rendered_with_its_own_machine_and_targets(tmp_path: Path) -> None:
+def test_a_gpu_run_is_kept_apart_and_rendered_with_its_own_machine_and_targets(quick_run: Path, tmp_path: Path) -> None:
     """A ``--device cuda`` run stores its cells under "gpu" and renders below the CPU run, never mixed into it.
     (Its results are made up here from the CPU cells: no GPU in CI.)"""
-    out = tmp_path / "BENCHMARKS.md"
-    main(["--quick", "--output", str(out), "--threads", "1", "--parts", "cost"])
+    out = _copy_run(quick_run, tmp_path / "BENCHMARKS.md")
     raw = json.loads(out.with_suffix(".json").read_text())
     cpu_text = out.read_text()
     gpu = json.loads(json.dumps({k: raw[k] for k in ("cost", "configs", "parts", "commands")}))
@@ -258,9 +272,8 @@ def test_cells_older_than_their_models_code_are_dropped() -> None:
     assert dropped == [f"dgcnn: N = 1024 (measured at {before}; code changed at {changed})"]
 
 
-def test_the_quick_run_draws_its_plots_beside_the_report(tmp_path: Path) -> None:
-    out = tmp_path / "B.md"
-    main(["--quick", "--output", str(out), "--threads", "1", "--parts", "cost"])
+def test_the_quick_run_draws_its_plots_beside_the_report(quick_run: Path, tmp_path: Path) -> None:
+    out = _copy_run(quick_run, tmp_path / "B.md")
     raw = json.loads(out.with_suffix(".json").read_text())
     raw["configs"]["train"] = {"train_per_class": 10, "train_epochs": 2}
     raw["train"] = {"A": [{"test_acc": 0.5, "train_s": 2.0}, {"test_acc": 0.7, "train_s": 2.0}],
