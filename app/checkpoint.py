@@ -97,14 +97,15 @@ def load_task(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -
     return cls.load_from_checkpoint(path, map_location=map_location, weights_only=True)
 
 
-def load_datamodule(ckpt_path: str | Path) -> PointCloudDataModule:
-    """The data module the checkpoint was trained with, rebuilt from the data settings stored in it."""
+def load_datamodule(ckpt_path: str | Path, **overrides: object) -> PointCloudDataModule:
+    """The data module the checkpoint was trained with, rebuilt from the data settings stored in it (``overrides``
+    replace some of them, e.g. ``num_points``)."""
     path = Path(ckpt_path)
     hparams = read_checkpoint(path).get("datamodule_hyper_parameters")
     if not hparams or "_class_path" not in hparams:
         raise CheckpointError(path, "holds no data settings (written outside `python -m app fit`?)")
     cls = _class(path, hparams["_class_path"], DATA_PREFIX)
-    return cls.load_from_checkpoint(path, weights_only=True)
+    return cls.load_from_checkpoint(path, weights_only=True, **overrides)
 
 
 def check_fits(ckpt_path: str | Path, task: LightningModule, datamodule: PointCloudDataModule | None = None) -> None:

@@ -9,17 +9,19 @@ back into the input's point order.
 
 After writing, the file is loaded back (onnxruntime on the CPU; ``torch.export.load``) and checked against the
 eager float32 model on the checkpoint's first test clouds: max absolute logit difference ≤ :data:`ATOL` and the
-same predicted class (or part of every point). ``--time`` times the written file against the eager model.
+same predicted class (or part of every point). ``--time`` then times the written file against the eager model
+(docs/export.md §5; ``python -m benchmarks --parts deploy`` puts that table in BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -112,9 +114,11 @@ def example_inputs(model: Deployable, batch: int, num_points: int, seed: int = 0
     return tuple(out)
 
 
-def parity_inputs(ckpt: str | Path, model: Deployable, count: int = PARITY_CLOUDS) -> tuple[Tensor, ...]:
-    """The first ``count`` clouds of the checkpoint's test split, as the model's inputs."""
-    data = load_datamodule(ckpt)
+def parity_inputs(ckpt: str | Path, model: Deployable, count: int = PARITY_CLOUDS,
+                  num_points: int | None = None) -> tuple[Tensor, ...]:
+    """The first ``count`` clouds of the checkpoint's test split (``num_points`` per cloud: default, the trained
+    N), as the model's inputs."""
+    data = load_datamodule(ckpt, **({} if num_points is None else {"num_points": num_points}))
     data.prepare_data()
     data.setup("test")
     batches = []
@@ -171,6 +175,18 @@ class Parity:
     clouds: int
 
 
+@dataclass
+class Written:
+    """A written file, checked: its parity with the eager model, the export's wall time and the file's size."""
+
+    path: str
+    format: str
+    num_points: int
+    parity: Parity
+    export_s: float
+    file_mib: float
+
+
 def compare(expected: Tensor, got: Tensor) -> Parity:
     """Max absolute difference of the finite logits (the −inf of masked parts must agree) and argmax agreement."""
     same_mask = bool(torch.equal(torch.isinf(expected), torch.isinf(got)))
@@ -193,54 +209,66 @@ def check_parity(fmt: str, path: Path, model: Deployable, eager: LightningModule
     return parity
 
 
-def export(ckpt: str | Path, fmt: str, out: str | Path, num_points: int | None = None) -> Parity:
-    """Write ``ckpt``'s model to ``out`` in ``fmt``, load it back and check it (:func:`check_parity`)."""
+def export(ckpt: str | Path, fmt: str, out: str | Path, num_points: int | None = None) -> Written:
+    """Write ``ckpt``'s model to ``out`` in ``fmt`` for clouds of ``num_points`` (default: the trained N), load it
+    back and check it on the checkpoint's test clouds at that N (:func:`check_parity`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: use {' or '.join(FORMATS)}")
     read_checkpoint(ckpt)  # one-line error for a file that is not one of our checkpoints
     eager = load_task(ckpt).float().eval()
     model = load_deployable(ckpt)
-    inputs = parity_inputs(ckpt, model)
-    if num_points is not None and num_points != inputs[0].shape[1]:
-        raise ValueError(f"--num-points {num_points}: the checkpoint's test clouds have {inputs[0].shape[1]}")
+    inputs = parity_inputs(ckpt, model, num_points=num_points)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     (export_onnx if fmt == "onnx" else export_program)(model, inputs, out)
-    return check_parity(fmt, out, model, eager, inputs)
+    seconds = time.perf_counter() - start
+    parity = check_parity(fmt, out, model, eager, inputs)
+    return Written(str(out), fmt, inputs[0].shape[1], parity, seconds, out.stat().st_size / 2**20)
 
 
-def time_runs(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    """Median, min and max seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times), max(times)
+@dataclass
+class Timing:
+    """One batch size: the written file's and the eager model's milliseconds per call (every timed call)."""
+
+    batch: int
+    file_ms: list[float]
+    eager_ms: list[float]
 
 
-def time_export(ckpt: str | Path, fmt: str, out: str | Path, num_points: int, batches: list[int],
-                repeats: int) -> list[str]:
-    """Markdown rows: the written file against the eager model (its own kernels, no grad) per batch size."""
+def time_written(ckpt: str | Path, written: Written, batches: list[int], repeats: int) -> list[Timing]:
+    """The written file against the eager model (its own kernels and FPS operator, no grad) on random clouds of the
+    file's N: per batch size one warm-up call each, then ``repeats`` timed calls of each, alternating."""
     task = load_task(ckpt).float().eval()
     model = load_deployable(ckpt)
-    out = Path(out)
-    start = time.perf_counter()
-    traced = example_inputs(model, 2, num_points)  # traced at batch 2: a batch of 1 would be specialised into the graph
-    (export_onnx if fmt == "onnx" else export_program)(model, traced, out)
-    written = time.perf_counter() - start
-    written_model = runner(fmt, out, model)
-    rows = [f"| format | N | batch | {fmt} median (min–max) ms | eager median (min–max) ms | speed-up |",
-            "|---|---|---|---|---|---|"]
+    written_model = runner(written.format, Path(written.path), model)
+    timings = []
     for batch in batches:
-        inputs = example_inputs(model, batch, num_points)
+        inputs = example_inputs(model, batch, written.num_points)
+        timing = Timing(batch, [], [])
         with torch.no_grad():
-            e = time_runs(lambda inputs=inputs: task(*inputs), repeats)  # its own kernels and FPS operator
-            x = time_runs(lambda inputs=inputs: written_model(inputs), repeats)
-        rows.append(f"| {fmt} | {num_points} | {batch} | {x[0] * 1e3:.1f} ({x[1] * 1e3:.1f}–{x[2] * 1e3:.1f}) | "
-                    f"{e[0] * 1e3:.1f} ({e[1] * 1e3:.1f}–{e[2] * 1e3:.1f}) | {e[0] / x[0]:.2f}× |")
-    rows.append(f"\nexport took {written:.1f} s, file {out.stat().st_size / 2**20:.1f} MiB")
+            for call in range(repeats + 1):
+                for fn, args, times in ((task, inputs, timing.eager_ms), (written_model, (inputs,), timing.file_ms)):
+                    start = time.perf_counter()
+                    fn(*args)
+                    if call:  # the first call of each warms up
+                        times.append((time.perf_counter() - start) * 1e3)
+        timings.append(timing)
+    return timings
+
+
+def _spread(ms: list[float]) -> str:
+    return f"{statistics.median(ms):.1f} ({min(ms):.1f}–{max(ms):.1f})"
+
+
+def timing_table(written: Written, timings: list[Timing]) -> list[str]:
+    """Markdown rows: median (min–max) ms of the file and of the eager model, and the ratio of the medians."""
+    rows = [f"| format | N | batch | {written.format} median (min–max) ms | eager median (min–max) ms | speed-up |",
+            "|---|---|---|---|---|---|"]
+    for t in timings:
+        ratio = statistics.median(t.eager_ms) / statistics.median(t.file_ms)
+        rows.append(f"| {written.format} | {written.num_points} | {t.batch} | {_spread(t.file_ms)} | "
+                    f"{_spread(t.eager_ms)} | {ratio:.2f}× |")
     return rows
 
 
@@ -250,23 +278,27 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, help="the file to write (.onnx, .pt2)")
     parser.add_argument("--num-points", type=int, default=None, help="N of the graph (default: the trained N)")
-    parser.add_argument("--time", action="store_true", help="time the file against eager torch instead of checking")
+    parser.add_argument("--time", action="store_true", help="then time the file against eager torch")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16], help="batch sizes timed (--time)")
     parser.add_argument("--repeats", type=int, default=7, help="timed calls per batch size (--time)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the checks and timings to this file")
     return parser.parse_args(argv)
 
 
 def run(argv: list[str]) -> None:
     args = parse(argv)
-    if args.format not in FORMATS:
-        raise ValueError(f"unknown export format {args.format!r}: use {' or '.join(FORMATS)}")
-    if args.time:
-        num_points = args.num_points or 1024
-        print("\n".join(time_export(args.ckpt, args.format, args.out, num_points, args.batches, args.repeats)))
-        return
-    parity = export(args.ckpt, args.format, args.out, args.num_points)
-    print(f"wrote {args.out}: max |Δ logit| {parity.max_abs_diff:.1e} against eager float32 on {parity.clouds} test "
-          "clouds, same predictions")
+    if args.json is not None and args.json.resolve() == Path(args.out).resolve():
+        raise ValueError(f"--json {args.json}: the same file as --out")
+    written = export(args.ckpt, args.format, args.out, args.num_points)
+    parity = written.parity
+    print(f"wrote {args.out} ({written.file_mib:.1f} MiB, {written.export_s:.1f} s, N = {written.num_points}): "
+          f"max |Δ logit| {parity.max_abs_diff:.1e} against eager float32 on {parity.clouds} test clouds, "
+          "same predictions")
+    timings = time_written(args.ckpt, written, args.batches, args.repeats) if args.time else []
+    if timings:
+        print("\n".join(timing_table(written, timings)))
+    if args.json is not None:
+        args.json.write_text(json.dumps({**asdict(written), "timings": [asdict(t) for t in timings]}, indent=1))
 
 
 def main(argv: list[str] | None = None) -> None:

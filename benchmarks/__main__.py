@@ -1,6 +1,6 @@
 """``python -m benchmarks``: cost and learning of centroid attention against its baselines → BENCHMARKS.md.
 
-Three parts, each stored as raw results in ``<output>.json`` so that a later run can redo one part and keep
+Parts, each stored as raw results in ``<output>.json`` so that a later run can redo one part and keep
 the others (``--parts``):
 
 - ``cost``: every model × N (and the centroid variants: schedule, T) — fwd+bwd time, inference throughput,
@@ -12,6 +12,8 @@ the others (``--parts``):
   (``benchmarks/training.py``), for the baselines and every centroid candidate in ``CANDIDATES``.
 - ``fit`` (only when asked for): a real ``python -m app fit`` of configs/modelnet40.yaml on generated data of
   ModelNet40's size, timed end to end (``benchmarks/fit.py``).
+- ``deploy`` (only when asked for): the demo model exported to ONNX and as an exported program, checked and timed
+  against eager torch at N = 1024, batch 1 and 16 (``python -m app export --time``, ``benchmarks/deploy.py``).
 
 The command is split by job: ``config`` (sizes), ``experiments`` (variants, candidates), ``runner`` (cells),
 ``parts`` (what each part measures), ``verdicts`` (targets), ``report`` (markdown), ``plots`` (PNGs beside the
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fit-epochs", type=int, default=d.fit_epochs)
     p.add_argument("--fit-limit-batches", type=int, default=None, help="training/validation batches per fit epoch")
     p.add_argument("--fit-workers", type=int, default=None, help="loader workers of the fit (default: the config's)")
+    p.add_argument("--deploy-points", type=int, default=d.deploy_points, help="N of the exported graphs (deploy)")
+    p.add_argument("--deploy-batches", type=int, nargs="+", default=d.deploy_batches, help="batch sizes timed")
+    p.add_argument("--deploy-repeats", type=int, default=d.deploy_repeats, help="timed calls per batch size")
     a = p.parse_args(argv)
     if a.quick:
         cfg = quick_config(str(a.output.parent / "benchmark_data"))
@@ -109,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
                      a.cell_budget, a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, a.candidates, a.seeds,
                      jobs=a.jobs, train_epochs=a.train_epochs, test_per_class=a.test_per_class, data_root=a.data_root,
                      torch_cluster_python=a.torch_cluster_python, fit_epochs=a.fit_epochs,
-                     fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers)
+                     fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers,
+                     deploy_points=a.deploy_points, deploy_batches=a.deploy_batches, deploy_repeats=a.deploy_repeats)
     cfg.models = a.models
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda needs a CUDA build of torch and a GPU")

@@ -8,8 +8,8 @@ from benchmarks.experiments import CANDIDATES
 from benchmarks.harness import MODELS
 
 #: Every part a run can redo, in report order (see ``benchmarks/__main__.py``).
-PARTS = ("cost", "ops", "train", "fit")
-#: The parts a plain run redoes (``fit`` takes an epoch at paper scale: asked for by name).
+PARTS = ("cost", "ops", "train", "fit", "deploy")
+#: The parts a plain run redoes (``fit`` takes an epoch at paper scale, ``deploy`` two exports: asked for by name).
 DEFAULT_PARTS = ("cost", "ops", "train")
 
 
@@ -45,6 +45,10 @@ class Config:
     fit_workers: int | None = None  # loader workers; None: the config's
     fit_data_root: str = "data/benchmark_modelnet40_size"
     fit_timeout_s: float = 7200.0
+    deploy_points: int = 1024
+    deploy_batches: list[int] = field(default_factory=lambda: [1, 16])
+    deploy_repeats: int = 10  # timed calls of the file and of eager torch per batch size
+    deploy_fit_batches: int = 4  # training batches of the demo fit that makes the checkpoint
 
 
 def quick_config(data_root: str) -> Config:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from benchmarks import runner
 from benchmarks.config import Config
+from benchmarks.deploy import run_deploy
 from benchmarks.experiments import CANDIDATES, TRAIN_SETUP
 from benchmarks.fit import run_fit
 from benchmarks.harness import MODELS
@@ -45,6 +46,12 @@ def measure_fit(cfg: Config, results: dict) -> bool:
     return False
 
 
+def measure_deploy(cfg: Config, results: dict) -> bool:
+    results["deploy"] = run_deploy(cfg.deploy_points, cfg.deploy_batches, cfg.deploy_repeats, cfg.deploy_fit_batches,
+                                   cfg.fit_timeout_s)
+    return False
+
+
 MEASURE: dict[str, Callable[[Config, dict], bool]] = {
-    "cost": measure_cost, "ops": measure_ops, "train": measure_train, "fit": measure_fit,
+    "cost": measure_cost, "ops": measure_ops, "train": measure_train, "fit": measure_fit, "deploy": measure_deploy,
 }

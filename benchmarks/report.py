@@ -6,6 +6,7 @@ import datetime
 import statistics
 
 from benchmarks.config import PARTS, Config
+from benchmarks.deploy import render_deploy
 from benchmarks.experiments import COMPILED, REFERENCE
 from benchmarks.fit import render_fit
 from benchmarks.harness import MODELS, OPS, loglog_slope
@@ -167,6 +168,8 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     out += _render_train(train_cfg, train, h)
     if results.get("fit"):
         out += render_fit(results["fit"], h)
+    if results.get("deploy"):
+        out += render_deploy(results["deploy"], h)
     out += ["", f"{h} Targets", ""] + targets(models, variants, cfg) + train_targets(train)
     return out
 

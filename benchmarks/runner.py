@@ -189,10 +189,14 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
 
 
+def changed_at(paths: tuple[str, ...]) -> str | None:
+    """The last commit touching ``paths`` (``None`` outside a git checkout)."""
+    return _git("log", "-1", "--format=%h", "--", *paths).stdout.strip() or None
+
+
 def last_change(model: str) -> str | None:
     """The last commit touching ``model``'s code or the harness (``None`` outside a git checkout)."""
-    paths = MODEL_CODE.get(model, BASELINE_CODE) + HARNESS_CODE
-    return _git("log", "-1", "--format=%h", "--", *paths).stdout.strip() or None
+    return changed_at(MODEL_CODE.get(model, BASELINE_CODE) + HARNESS_CODE)
 
 
 def is_stale(cell: dict, changed: str | None) -> bool:

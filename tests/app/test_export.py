@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from pathlib import Path
 
@@ -69,11 +70,22 @@ def test_deployable_matches_the_task_in_any_point_order(trained: tuple[Path, lis
 
 
 @pytest.mark.slow
-def test_exported_program_classification(trained: tuple[Path, list[str]], tmp_path: Path) -> None:
+def test_exported_program_classification_checked_and_timed(trained: tuple[Path, list[str]], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI writes, checks and times (``--time --json``); the file runs at another batch size than traced."""
     ckpt, _ = trained
-    out = tmp_path / "model.pt2"
-    parity = export(ckpt, "exported-program", out)
-    assert parity.max_abs_diff <= 1e-4 and parity.same_predictions and parity.clouds == 32
+    out, record = tmp_path / "model.pt2", tmp_path / "export.json"
+    main(["--ckpt", str(ckpt), "--format", "exported-program", "--out", str(out), "--time", "--batches", "1", "3",
+          "--repeats", "2", "--json", str(record)])
+    written = json.loads(record.read_text())
+    parity = written["parity"]
+    assert parity["max_abs_diff"] <= 1e-4 and parity["same_predictions"] and parity["clouds"] == 32
+    assert written["num_points"] == 128 and written["export_s"] > 0 and written["file_mib"] > 0
+    assert [t["batch"] for t in written["timings"]] == [1, 3]
+    assert all(len(t["file_ms"]) == len(t["eager_ms"]) == 2 and min(t["file_ms"] + t["eager_ms"]) > 0
+               for t in written["timings"])
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| exported-program |")]
+    assert len(table) == 2 and table[1].startswith("| exported-program | 128 | 3 |")
     model = load_deployable(ckpt)
     inputs = example_inputs(model, 5, 128)  # another batch size than the 32 it was traced with
     with torch.no_grad():
@@ -82,7 +94,7 @@ def test_exported_program_classification(trained: tuple[Path, list[str]], tmp_pa
 
 @pytest.mark.slow
 def test_exported_program_segmentation(trained_seg: Path, tmp_path: Path) -> None:
-    parity = export(trained_seg, "exported-program", tmp_path / "seg.pt2")
+    parity = export(trained_seg, "exported-program", tmp_path / "seg.pt2").parity
     assert parity.max_abs_diff <= 1e-4 and parity.same_predictions
 
 
@@ -93,7 +105,7 @@ def test_onnx_matches_eager_in_onnxruntime(task: str, trained: tuple[Path, list[
                                            tmp_path: Path) -> None:
     ckpt = trained[0] if task == "classification" else trained_seg
     out = tmp_path / "model.onnx"
-    parity = export(ckpt, "onnx", out)
+    parity = export(ckpt, "onnx", out).parity
     assert parity.max_abs_diff <= 1e-4 and parity.same_predictions
     model = load_deployable(ckpt)
     inputs = tuple(t[:1] for t in parity_inputs(ckpt, model))
