@@ -29,7 +29,7 @@ from datamodules.synthetic.write import _write_table
 
 MARKER = "HARD_TASK.json"
 #: Bumped whenever the output changes, so old folders are regenerated.
-HARD_VERSION = 1
+HARD_VERSION = 2
 BASES = SHAPE_CLASSES[:10]
 DETAILS = ("plain", "knob", "spike", "ring")
 CLASS_NAMES: list[str] = [f"{b.name}_{d}" for b in BASES for d in DETAILS]
@@ -87,6 +87,8 @@ def sample_hard(base: int, detail: str, rng: np.random.Generator, cfg: HardConfi
     pos, normal = pos[idx], normal[idx]
     depth_noise = np.outer(rng.normal(0, 2 * cfg.noise * radius, len(pos)), view)  # (N, 3), along the view axis
     pos = pos + rng.normal(0, cfg.noise * radius, pos.shape) + depth_noise
+    pos = pos - pos.mean(0)  # as ModelNet's files: each cloud centred and scaled into the unit sphere
+    pos = pos / np.linalg.norm(pos, axis=1).max()
     a = rng.uniform(0, 2 * np.pi)
     rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     return np.concatenate([pos @ rot.T, normal @ rot.T], 1).astype(np.float32)

@@ -20,6 +20,14 @@ def test_instances_are_seeded_and_the_detail_changes_the_shape():
     assert not np.array_equal(a, sample_hard(0, "plain", np.random.default_rng(1), SMALL))
 
 
+def test_every_cloud_is_centred_in_the_unit_sphere_as_modelnet():
+    rng = np.random.default_rng(2)
+    for base in range(3):
+        pos = sample_hard(base, "knob", rng, SMALL)[:, :3]
+        np.testing.assert_allclose(pos.mean(0), 0.0, atol=1e-5)
+        assert abs(np.linalg.norm(pos, axis=1).max() - 1) < 1e-5
+
+
 def test_written_in_the_resampled_layout_and_read_with_a_validation_split(tmp_path):
     root = generate_hard(tmp_path / "hard", SMALL)
     assert len((root / "modelnet40_train.txt").read_text().split()) == 40 * 4
