@@ -25,11 +25,14 @@ def unrolled_farthest_point_sample(pos: Tensor, m: int) -> Tensor:
     """
     pos = pos.to(widest_dtype(torch.float32, pos))  # distances in float32 at least, as the model's operator
     far = farthest_from_mean(pos)  # (B,)
+    # coordinates first: each step's Sub broadcasts over the last axis, which onnxruntime runs about 10x faster
+    # than the [B, N, 3] - [B, 1, 3] broadcast (docs/export.md §5)
+    coords = pos.transpose(1, 2).contiguous()  # (B, 3, N)
     picks, dist = [], None
     for _ in range(m):
         picks.append(far)
-        picked = pos.gather(1, far.view(-1, 1, 1).expand(-1, 1, 3))  # (B, 1, 3)
-        d = (pos - picked).pow(2).sum(-1)  # (B, N)
+        picked = coords.gather(2, far.view(-1, 1, 1).expand(-1, 3, 1))  # (B, 3, 1)
+        d = (coords - picked).pow(2).sum(1)  # (B, N)
         dist = d if dist is None else torch.minimum(dist, d)
         far = dist.argmax(-1)
     return torch.stack(picks, dim=1)
