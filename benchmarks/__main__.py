@@ -10,6 +10,9 @@ the others (``--parts``):
 - ``ops``: neighbour search and sampling on their own (in-model kNN/FPS, the data side's FPS order).
 - ``train``: equal-budget training on the generated data, xyz only, one recipe, ``--seeds`` seeds, mean ± std
   (``benchmarks/training.py``), for the baselines and every centroid candidate in ``CANDIDATES``.
+- ``learning`` (only when asked for; hours on a CPU): the users' recipe (``python -m app fit`` / ``test``) per row and
+  paired seed on the hard generated task (``benchmarks/learning.py``, docs/hard_task.md); ``--jobs`` runs side by
+  side; its rows shared with ``python -m benchmarks.learning``.
 - ``fit`` (only when asked for): a real ``python -m app fit`` of configs/modelnet40.yaml on generated data of
   ModelNet40's size, timed end to end (``benchmarks/fit.py``).
 - ``deploy`` (only when asked for): the demo model exported to ONNX and as an exported program, checked and timed
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fit-epochs", type=int, default=d.fit_epochs)
     p.add_argument("--fit-limit-batches", type=int, default=None, help="training/validation batches per fit epoch")
     p.add_argument("--fit-workers", type=int, default=None, help="loader workers of the fit (default: the config's)")
+    p.add_argument("--learning-rows", nargs="+", default=d.learning_rows, help="configs/learning/<row>.yaml rows")
+    p.add_argument("--learning-seeds", type=int, default=d.learning_seeds, help="paired seeds of the learning part")
     p.add_argument("--deploy-points", type=int, default=d.deploy_points, help="N of the exported graphs (deploy)")
     p.add_argument("--deploy-batches", type=int, nargs="+", default=d.deploy_batches, help="batch sizes timed")
     p.add_argument("--deploy-repeats", type=int, default=d.deploy_repeats, help="timed calls per batch size")
@@ -115,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
                      jobs=a.jobs, train_epochs=a.train_epochs, test_per_class=a.test_per_class, data_root=a.data_root,
                      torch_cluster_python=a.torch_cluster_python, fit_epochs=a.fit_epochs,
                      fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers,
+                     learning_rows=a.learning_rows, learning_seeds=a.learning_seeds,
                      deploy_points=a.deploy_points, deploy_batches=a.deploy_batches, deploy_repeats=a.deploy_repeats)
     cfg.models = a.models
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():

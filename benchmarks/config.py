@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from benchmarks.experiments import CANDIDATES
+from benchmarks.experiments import CANDIDATES, LEARNING_ROWS
 from benchmarks.harness import MODELS
 
 #: Every part a run can redo, in report order (see ``benchmarks/__main__.py``).
-PARTS = ("cost", "ops", "train", "fit", "deploy")
-#: The parts a plain run redoes (``fit`` takes an epoch at paper scale, ``deploy`` two exports: asked for by name).
+PARTS = ("cost", "ops", "train", "learning", "fit", "deploy")
+#: The parts a plain run redoes (``learning`` takes hours, ``fit`` an epoch at paper scale, ``deploy`` two exports:
+#: asked for by name).
 DEFAULT_PARTS = ("cost", "ops", "train")
 
 
@@ -45,6 +46,10 @@ class Config:
     fit_workers: int | None = None  # loader workers; None: the config's
     fit_data_root: str = "data/benchmark_modelnet40_size"
     fit_timeout_s: float = 7200.0
+    learning_rows: list[str] = field(default_factory=lambda: list(LEARNING_ROWS))
+    learning_seeds: int = 5
+    learning_output: str = "benchmarks/results/learning.json"  # the rows, shared with python -m benchmarks.learning
+    learning_runs: str = "runs/learning"
     deploy_points: int = 1024
     deploy_batches: list[int] = field(default_factory=lambda: [1, 16])
     deploy_repeats: int = 10  # timed calls of the file and of eager torch per batch size

@@ -57,3 +57,6 @@ CANDIDATES: dict[str, tuple[str, dict, list[int], int]] = {
     "Centroid + LayerScale 1e-3, BatchNorm KNN init, T = 1":
         ("centroid_local", {"layer_scale": 1e-3, "init_norm": "batch"}, [2, 4, 8], 1),
 }
+
+#: The rows of the learning benchmark (``benchmarks/learning.py``): experiment files configs/learning/<row>.yaml.
+LEARNING_ROWS = ("centroid", "pointnet2", "full_attention")

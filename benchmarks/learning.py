@@ -16,16 +16,21 @@ import argparse
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.experiments import LEARNING_ROWS
 from benchmarks.runner import provenance
-from datamodules.synthetic.hard import HardConfig, generate_hard
+from datamodules.synthetic.hard import HARD_VERSION, HardConfig, generate_hard
 
 CONFIGS = Path("configs/learning")
 DATA_ROOT = Path("data/hard_modelnet")
@@ -36,10 +41,12 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 QUICK = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
 
 
-def _run(args: list[str]) -> float:
-    """Run ``python -m app ARGS``; its wall time in seconds. A failure raises with the run's last output."""
+def _run(args: list[str], threads: int | None = None) -> float:
+    """Run ``python -m app ARGS`` (``threads``: its torch threads); its wall time in seconds. A failure raises
+    with the run's last output."""
+    env = {**os.environ, "WANDB_MODE": "disabled", **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, check=False)
+    done = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, check=False, env=env)
     if done.returncode:
         raise RuntimeError(f"python -m app {' '.join(args)} failed:\n{(done.stdout + done.stderr)[-3000:]}")
     return time.perf_counter() - start
@@ -54,20 +61,26 @@ def last_val_acc(run_dir: Path) -> float:
     return values[-1]
 
 
+def task_stamp() -> dict:
+    """What a result row records of its task: rows of another task are not mixed into a table."""
+    return {"version": HARD_VERSION, **asdict(TASK)}
+
+
 def _params(state: dict[str, torch.Tensor]) -> int:
     return sum(v.numel() for k, v in state.items() if v.is_floating_point() and "running_" not in k)
 
 
-def run_row(row: str, seed: int, out: Path, quick: bool = False) -> dict:
-    """Fit and test one row at one seed; the result row (docs/hard_task.md §3)."""
+def run_row(row: str, seed: int, out: Path, quick: bool = False, threads: int | None = None) -> dict:
+    """Fit and test one row at one seed (``threads``: torch threads of each run); the result row
+    (docs/hard_task.md §3)."""
     run_dir = out / row / str(seed)
     config = ["--config", str(CONFIGS / f"{row}.yaml"), "--data.init_args.root", str(DATA_ROOT)]
     fit_wall = _run(["fit", *config, "--seed_everything", str(seed), "--data.init_args.data_seed", str(seed),
                      "--trainer.default_root_dir", str(run_dir),
-                     "--trainer.logger.init_args.save_dir", str(run_dir), *(QUICK if quick else [])])
+                     "--trainer.logger.init_args.save_dir", str(run_dir), *(QUICK if quick else [])], threads)
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     test_wall = _run(["test", *config, "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(run_dir),
-                      "--trainer.logger.init_args.save_dir", str(run_dir)])
+                      "--trainer.logger.init_args.save_dir", str(run_dir)], threads)
     test = json.loads(max(run_dir.glob("csv/version_*/test_metrics*.json")).read_text())
     meta = torch.load(ckpt, map_location="cpu", weights_only=True)
     epochs, steps = meta["epoch"] + 1, meta["global_step"]
@@ -76,8 +89,26 @@ def run_row(row: str, seed: int, out: Path, quick: bool = False) -> dict:
         "model": row, "variant": "last epoch", "seed": seed, "val_acc": last_val_acc(run_dir),
         "test_acc": test["metrics"]["test/acc"], "epochs": epochs,
         "train_samples_per_s": steps * batch / fit_wall, "infer_samples_per_s": test["num_samples"] / test_wall,
-        "params": _params(meta["state_dict"]), **provenance(),
+        "params": _params(meta["state_dict"]), "threads": threads, "task": task_stamp(), **provenance(),
     }
+
+
+def run_matrix(rows: list[str], seeds: int, results: list[dict], runs: Path, quick: bool = False, jobs: int = 1,
+               on_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
+    """Every (row, seed) not in ``results`` (measured on this task), seed-major, ``jobs`` runs side by side with
+    ``os.cpu_count() // jobs`` torch threads each; ``on_row(results)`` after each finished run. Returns
+    ``results`` with the new rows (kept rows of another task are dropped)."""
+    generate_hard(DATA_ROOT, TASK)
+    results[:] = [r for r in results if r.get("task") == task_stamp()]
+    done = {(r["model"], r["seed"]) for r in results}
+    todo = [(row, seed) for seed in range(seeds) for row in rows if (row, seed) not in done]
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each job is a subprocess: threads only wait
+        for result in pool.map(lambda job: run_row(job[0], job[1], runs, quick, threads), todo):
+            results.append(result)
+            print(json.dumps(result), flush=True)
+            on_row(results)
+    return results
 
 
 def interval(values: list[float]) -> tuple[float, float, float, float]:
@@ -123,31 +154,64 @@ def render(rows: list[dict], baselines: tuple[str, ...] = ("pointnet2", "full_at
     return "\n".join(lines) + "\n"
 
 
+def targets(rows: list[dict], baselines: tuple[str, ...] = ("pointnet2", "full_attention")) -> list[str]:
+    """The evidence issue's targets on the test accuracies: the best baseline (by mean validation accuracy) between
+    70 and 92 %, the spread of the model means at least 3x the largest std, the centroid row at least as accurate
+    as the PointNet++ row on the mean."""
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    if len(by_model) < 2 or min(len(v) for v in by_model.values()) < 2:
+        return ["- Learning: fewer than two rows with two seeds each: no verdict."]
+    stats = {m: interval([100 * r["test_acc"] for r in runs]) for m, runs in by_model.items()}
+    val = {m: np.mean([r["val_acc"] for r in runs]) for m, runs in by_model.items()}
+    lines = []
+    present = [b for b in baselines if b in by_model]
+    if present:
+        best = max(present, key=lambda b: val[b])
+        m = stats[best][0]
+        lines.append(f"- Learning: the task separates, best baseline ({best}, by validation) between 70 and 92 %: "
+                     f"**{'met' if 70 <= m <= 92 else 'not met'}** ({m:.1f} %).")
+    means, stds = [s[0] for s in stats.values()], [s[1] for s in stats.values()]
+    spread = max(means) - min(means)
+    separated = spread > 0 and spread >= 3 * max(stds)
+    lines.append(f"- Learning: spread of the model means ≥ 3× the largest std: **{'met' if separated else 'not met'}** "
+                 f"({spread:.1f} vs 3 × {max(stds):.1f} points).")
+    if "centroid" in stats and "pointnet2" in stats:
+        c, p = stats["centroid"][0], stats["pointnet2"][0]
+        verdict = "met" if c >= p else "not met"
+        lines.append(f"- Learning: centroid ≥ PointNet++ on the mean test accuracy: **{verdict}** ({c:.1f} vs "
+                     f"{p:.1f} %; paired difference in the table).")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", default=["centroid", "pointnet2", "full_attention"],
+    parser.add_argument("--rows", nargs="+", default=list(LEARNING_ROWS),
                         help="experiment files configs/learning/<row>.yaml")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1, the same for every row")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/learning.json"))
     parser.add_argument("--runs", type=Path, default=Path("runs/learning"), help="run folders")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (cores split between them)")
     parser.add_argument("--quick", action="store_true", help="one short epoch per run: tests the machinery only")
     args = parser.parse_args(argv)
-    for row in args.rows:
-        if not (CONFIGS / f"{row}.yaml").is_file():
-            raise SystemExit(f"{CONFIGS / (row + '.yaml')}: no such row config")
-    generate_hard(DATA_ROOT, TASK)
+    check_rows(args.rows)
     rows = json.loads(args.output.read_text()) if args.output.is_file() else []
-    done = {(r["model"], r["seed"]) for r in rows}
-    for seed in range(args.seeds):  # seed-major: a partial matrix stays paired
-        for row in args.rows:
-            if (row, seed) in done:
-                continue
-            rows.append(run_row(row, seed, args.runs, args.quick))
-            print(json.dumps(rows[-1]), flush=True)
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(json.dumps(rows, indent=1))
+
+    def save(rows: list[dict]) -> None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(rows, indent=1))
+
+    run_matrix(args.rows, args.seeds, rows, args.runs, args.quick, args.jobs, save)
     args.output.with_suffix(".md").write_text(render(rows))
     print(render(rows))
+
+
+def check_rows(rows: list[str]) -> None:
+    """Exit in one line when a row has no experiment file."""
+    for row in rows:
+        if not (CONFIGS / f"{row}.yaml").is_file():
+            raise SystemExit(f"{CONFIGS / (row + '.yaml')}: no such row config")
 
 
 if __name__ == "__main__":

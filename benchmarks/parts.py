@@ -8,9 +8,11 @@ measured (the report then lists both commands). A new part is one function here,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
-from benchmarks import runner
+from benchmarks import learning, runner
 from benchmarks.config import Config
 from benchmarks.deploy import run_deploy
 from benchmarks.experiments import CANDIDATES, TRAIN_SETUP
@@ -40,6 +42,24 @@ def measure_train(cfg: Config, results: dict) -> bool:
     return bool(kept)
 
 
+def measure_learning(cfg: Config, results: dict) -> bool:
+    """The rows file (``cfg.learning_output``) is shared with ``python -m benchmarks.learning``: done (row, seed)
+    pairs of the same task are kept, the others run, the file rewritten after each run."""
+    path = Path(cfg.learning_output)
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    kept = bool(rows)
+
+    def save(rows: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=1))
+
+    learning.run_matrix(cfg.learning_rows, cfg.learning_seeds, rows, Path(cfg.learning_runs), jobs=cfg.jobs,
+                        on_row=save)
+    save(rows)
+    results["learning"] = {"rows": rows, "output": str(path)}
+    return kept
+
+
 def measure_fit(cfg: Config, results: dict) -> bool:
     results["fit"] = run_fit(cfg.device, cfg.fit_data_root, cfg.fit_epochs, cfg.fit_limit_batches, cfg.fit_workers,
                              cfg.fit_timeout_s)
@@ -53,5 +73,6 @@ def measure_deploy(cfg: Config, results: dict) -> bool:
 
 
 MEASURE: dict[str, Callable[[Config, dict], bool]] = {
-    "cost": measure_cost, "ops": measure_ops, "train": measure_train, "fit": measure_fit, "deploy": measure_deploy,
+    "cost": measure_cost, "ops": measure_ops, "train": measure_train, "learning": measure_learning,
+    "fit": measure_fit, "deploy": measure_deploy,
 }

@@ -73,6 +73,17 @@ def train_rows(results: dict) -> list[AccuracyRow]:
     return rows
 
 
+def learning_rows(results: dict) -> list[AccuracyRow]:
+    """Accuracy rows from the ``learning`` part (the users' recipe on the hard task): one per model, its runs'
+    mean training and inference samples/s."""
+    by_model: dict[str, list[dict]] = {}
+    for r in results.get("learning", {}).get("rows", []):
+        by_model.setdefault(r["model"], []).append(r)
+    return [AccuracyRow(model, statistics.fmean(accs := [100 * r["test_acc"] for r in runs]), ci95(accs),
+                        statistics.fmean(r["train_samples_per_s"] for r in runs),
+                        statistics.fmean(r["infer_samples_per_s"] for r in runs)) for model, runs in by_model.items()]
+
+
 def plot_cost(models: dict, path: Path) -> Path | None:
     """Cost against N (``models``: ``{name: {N: cell}}``, N keys as JSON strings); ``None`` when nothing ran."""
     series = {name: sorted((int(n), c) for n, c in cells.items() if not c.get("error"))
@@ -130,9 +141,10 @@ def plot_accuracy(rows: list[AccuracyRow], path: Path) -> Path | None:
 
 def plot(results: dict, output: Path, rows: list[AccuracyRow] | None = None) -> list[Path]:
     """Every plot of the (CPU) results beside ``output``; the paths written. ``rows``: the accuracy plot's rows
-    (default: from the ``train`` part, :func:`train_rows`)."""
+    (default: the ``learning`` part's where it ran, else the ``train`` part's, :func:`train_rows`)."""
     fresh, _ = drop_stale(results.get("cost", {}).get("models", {}))  # the tables' cells, no stale ones
-    rows = train_rows(results) if rows is None else rows
+    if rows is None:
+        rows = learning_rows(results) or train_rows(results)
     made = [plot_cost(fresh, output.with_name(f"{output.stem}_cost.png")),
             plot_accuracy(rows, output.with_name(f"{output.stem}_accuracy.png"))]
     return [p for p in made if p is not None]

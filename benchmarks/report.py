@@ -10,6 +10,8 @@ from benchmarks.deploy import render_deploy
 from benchmarks.experiments import COMPILED, REFERENCE
 from benchmarks.fit import render_fit
 from benchmarks.harness import MODELS, OPS, loglog_slope
+from benchmarks.learning import render as learning_table
+from benchmarks.learning import targets as learning_targets
 from benchmarks.runner import drop_stale, machine
 from benchmarks.verdicts import targets, train_targets
 
@@ -166,12 +168,30 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     if ops:
         out += _render_ops(cfg, ops, h)
     out += _render_train(train_cfg, train, h)
+    if results.get("learning"):
+        out += _render_learning(results["learning"], h)
     if results.get("fit"):
         out += render_fit(results["fit"], h)
     if results.get("deploy"):
         out += render_deploy(results["deploy"], h)
     out += ["", f"{h} Targets", ""] + targets(models, variants, cfg) + train_targets(train)
     return out
+
+
+def _render_learning(learning: dict, h: str) -> list[str]:
+    rows = learning["rows"]
+    commits = sorted({r["commit"] for r in rows})
+    task = rows[0]["task"] if rows else {}
+    return ["", f"{h} Learning on the hard task (the users' recipe, paired seeds)", "",
+            "docs/hard_task.md: 40 fine-grained generated classes (10 shapes × 4 small details), partial noisy scans, "
+            f"{task.get('train_per_class')} training shapes per class (25 % of them held out for validation) and "
+            f"{task.get('test_per_class')} test shapes per class. Each row: `python -m app fit` then "
+            "`python -m app test` of configs/learning/<row>.yaml, the last epoch, seed s for initialisation and data "
+            "alike (paired across rows); the test split read once per run. Samples/s: optimizer steps × batch over "
+            "the fit's wall time and test shapes over the test's, start-up included, runs side by side "
+            f"(`--jobs`) sharing the cores. Rows measured at {', '.join(commits)} "
+            f"({rows[0]['machine'] if rows else ''}); raw rows in `{learning.get('output')}`.", "",
+            *learning_table(rows).splitlines(), "", *learning_targets(rows)]
 
 
 def _render_ops(cfg: Config, ops: dict, h: str) -> list[str]:

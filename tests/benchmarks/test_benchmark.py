@@ -294,3 +294,23 @@ def test_accuracy_rows_intervals_and_the_pareto_front() -> None:
                        "train": {"A": [{"test_acc": 0.5, "train_s": 4.0}, {"test_acc": 0.7, "train_s": 4.0}]}})
     assert len(rows) == 1 and rows[0].acc_mean == pytest.approx(60.0) and rows[0].train_sps == pytest.approx(60.0)
     assert rows[0].infer_sps is None
+
+
+def test_the_learning_part_renders_its_table_targets_and_accuracy_plot(quick_run: Path, tmp_path: Path) -> None:
+    """The learning rows (here made up: the part takes hours) give the training table, its targets and the accuracy
+    plot's points (mean test accuracy against samples/s)."""
+    out = _copy_run(quick_run, tmp_path / "L.md")
+    raw = json.loads(out.with_suffix(".json").read_text())
+    task = {"train_per_class": 20, "test_per_class": 15}
+    raw["learning"] = {"output": "benchmarks/results/learning.json", "rows": [
+        {"model": model, "seed": s, "test_acc": acc + 0.01 * s, "val_acc": acc, "train_samples_per_s": sps,
+         "infer_samples_per_s": 10 * sps, "params": 1000, "commit": "abc1234", "machine": "some CPU", "task": task}
+        for model, acc, sps in (("centroid", 0.85, 20.0), ("pointnet2", 0.80, 30.0)) for s in range(3)]}
+    out.with_suffix(".json").write_text(json.dumps(raw))
+    main(["--quick", "--output", str(out), "--parts"])  # re-render only
+    text = out.read_text()
+    assert "## Learning on the hard task" in text and "20 training shapes per class" in text
+    assert "| centroid | 3 | 85.0 | 86.0 ± 1.0 |" in text and "Rows measured at abc1234 (some CPU)" in text
+    assert "centroid ≥ PointNet++ on the mean test accuracy: **met** (86.0 vs 81.0 %" in text
+    assert (tmp_path / "L_accuracy.png").read_bytes().startswith(b"\x89PNG")
+

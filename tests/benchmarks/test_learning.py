@@ -41,3 +41,16 @@ def test_quick_end_to_end(tmp_path, monkeypatch):
     (row,) = json.loads(out.read_text())
     assert row["model"] == "pointnet2" and 0 <= row["test_acc"] <= 1 and row["params"] > 0
     assert out.with_suffix(".md").read_text().startswith("Paired differences")
+
+
+def test_targets_follow_the_issue_thresholds():
+    rows = [_row("pointnet2", s, 0.80 + 0.01 * s, 0.9) for s in range(3)]
+    rows += [_row("full_attention", s, 0.60 + 0.01 * s, 0.7) for s in range(3)]
+    rows += [_row("centroid", s, 0.82 + 0.01 * s, 0.8) for s in range(3)]
+    lines = learning.targets(rows)
+    assert "best baseline (pointnet2, by validation) between 70 and 92 %: **met** (81.0 %)" in lines[0]
+    assert "**met** (22.0 vs 3 × 1.0 points)" in lines[1]
+    assert "centroid ≥ PointNet++ on the mean test accuracy: **met** (83.0 vs 81.0 %" in lines[2]
+    saturated = [{**r, "test_acc": 0.99} for r in rows]
+    assert all("**not met**" in line for line in learning.targets(saturated)[:2])
+    assert learning.targets(rows[:1]) == ["- Learning: fewer than two rows with two seeds each: no verdict."]
