@@ -46,6 +46,8 @@ class Config:
     fit_workers: int | None = None  # loader workers; None: the config's
     fit_data_root: str = "data/benchmark_modelnet40_size"
     fit_timeout_s: float = 7200.0
+    dispatch_points: int = 1024  # the aten-op count of one training step (ops part): N and batch
+    dispatch_batch: int = 8
     learning_rows: list[str] = field(default_factory=lambda: list(LEARNING_ROWS))
     learning_seeds: int = 5
     learning_output: str = "benchmarks/results/learning.json"  # the rows, shared with python -m benchmarks.learning
@@ -61,4 +63,5 @@ def quick_config(data_root: str) -> Config:
     return Config(sizes=[128], local_sizes=[256], variant_sizes=[128], batch=2, repeats=1, min_repeats=1,
                   cell_budget_s=1.0,
                   cell_timeout_s=60.0, candidates=list(CANDIDATES)[:3], seeds=2, train_epochs=1, train_points=64,
-                  train_per_class=1, test_per_class=1, data_root=data_root, isolate=False)
+                  train_per_class=1, test_per_class=1, data_root=data_root, isolate=False,
+                  dispatch_points=512, dispatch_batch=1)

@@ -15,6 +15,7 @@ from pathlib import Path
 from benchmarks import learning, runner
 from benchmarks.config import Config
 from benchmarks.deploy import run_deploy
+from benchmarks.dispatch import count_step
 from benchmarks.experiments import CANDIDATES, TRAIN_SETUP
 from benchmarks.fit import run_fit
 from benchmarks.harness import MODELS
@@ -29,6 +30,7 @@ def measure_cost(cfg: Config, results: dict) -> bool:
 
 def measure_ops(cfg: Config, results: dict) -> bool:
     results["ops"] = runner.run_ops(cfg)
+    results["dispatch"] = {**count_step(cfg.dispatch_batch, cfg.dispatch_points), **runner.provenance()}
     return False
 
 

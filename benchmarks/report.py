@@ -7,6 +7,7 @@ import statistics
 
 from benchmarks.config import PARTS, Config
 from benchmarks.deploy import render_deploy
+from benchmarks.dispatch import render_dispatch
 from benchmarks.experiments import COMPILED, REFERENCE
 from benchmarks.fit import render_fit
 from benchmarks.harness import MODELS, OPS, loglog_slope
@@ -167,6 +168,8 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
         out.append(f"| {label[name]} | {rng} | {_f(s, '{:.2f}')} |")
     if ops:
         out += _render_ops(cfg, ops, h)
+    if results.get("dispatch"):
+        out += render_dispatch(results["dispatch"], h)
     out += _render_train(train_cfg, train, h)
     if results.get("learning"):
         out += _render_learning(results["learning"], h)

@@ -52,7 +52,7 @@ def test_quick_run_writes_well_formed_markdown(quick_run: Path) -> None:
                     "## Neighbour search", "## Equal-budget training", "## Targets"):
         assert heading in text
     tables = _tables(text)
-    assert len(tables) == 5
+    assert len(tables) == 6  # cost, variants, slopes, ops, dispatched aten ops, training
     for table in tables:
         widths = {line.count("|") for line in table}
         assert len(widths) == 1, table  # every row has the header's number of cells
@@ -69,7 +69,7 @@ def test_quick_run_writes_well_formed_markdown(quick_run: Path) -> None:
         assert any(f"| Centroid (local), {variant} |" in row for row in variants), variant
         for model in baselines:
             assert any(f"| {MODELS[model][0]}, {variant} |" in row for row in variants), (model, variant)
-    train = tables[4]
+    train = tables[5]
     assert len(train) == 2 + 3 and all(re.search(r"\| \d+\.\d ± \d+\.\d \|", row) for row in train[2:]), train
     raw = json.loads(out.with_suffix(".json").read_text())
     assert set(raw["train"]) == set(list(CANDIDATES)[:3]) and all(len(runs) == 2 for runs in raw["train"].values())
@@ -314,3 +314,15 @@ def test_the_learning_part_renders_its_table_targets_and_accuracy_plot(quick_run
     assert "centroid ≥ PointNet++ on the mean test accuracy: **met** (86.0 vs 81.0 %" in text
     assert (tmp_path / "L_accuracy.png").read_bytes().startswith(b"\x89PNG")
 
+
+
+def test_the_dispatch_count_is_reported_with_the_target_at_its_size(quick_run: Path) -> None:
+    from benchmarks.dispatch import render_dispatch
+
+    raw = json.loads(quick_run.with_suffix(".json").read_text())
+    d = raw["dispatch"]
+    assert d["forward"] > d["forward_views"] > 0 and d["backward"] > d["backward_views"] > 0
+    assert "aten operators dispatched by one training step" in quick_run.read_text()
+    lines = render_dispatch({**d, "num_points": 1024, "batch": 8, "forward": 1400, "backward": 1600}, "##")
+    assert "- forward ≤ 1500 aten ops: **met** (1400)." in lines
+    assert "- backward ≤ 1500 aten ops: **not met** (1600)." in lines
