@@ -238,23 +238,31 @@ class Timing:
 
 def time_written(ckpt: str | Path, written: Written, batches: list[int], repeats: int) -> list[Timing]:
     """The written file against the eager model (its own kernels and FPS operator, no grad) on random clouds of the
-    file's N: per batch size one warm-up call each, then ``repeats`` timed calls of each, alternating."""
+    file's N: per batch size, one warm-up and ``repeats`` timed calls of the eager model, then of the file (in
+    blocks: onnxruntime's and torch's thread pools keep spinning after a call, so alternating calls would slow
+    each other down)."""
     task = load_task(ckpt).float().eval()
     model = load_deployable(ckpt)
     written_model = runner(written.format, Path(written.path), model)
     timings = []
     for batch in batches:
         inputs = example_inputs(model, batch, written.num_points)
-        timing = Timing(batch, [], [])
         with torch.no_grad():
-            for call in range(repeats + 1):
-                for fn, args, times in ((task, inputs, timing.eager_ms), (written_model, (inputs,), timing.file_ms)):
-                    start = time.perf_counter()
-                    fn(*args)
-                    if call:  # the first call of each warms up
-                        times.append((time.perf_counter() - start) * 1e3)
-        timings.append(timing)
+            eager = _time_calls(lambda inputs=inputs: task(*inputs), repeats)
+            file = _time_calls(lambda inputs=inputs: written_model(inputs), repeats)
+        timings.append(Timing(batch, file, eager))
     return timings
+
+
+def _time_calls(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def _spread(ms: list[float]) -> str:

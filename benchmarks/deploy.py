@@ -4,7 +4,7 @@ The users' commands in subprocesses (the benchmarks never import the app): ``pyt
 configs/demo.yaml for a few batches at ``deploy_points`` points (a checkpoint of the demo model at that N: the
 weights do not change the cost), then per format ``python -m app export --time --json``, which writes the file,
 checks it against the eager model on 32 test clouds and times it against eager torch (no grad, the model's own
-kernels and FPS operator), the calls of both alternating, one warm-up each.
+kernels and FPS operator), one warm-up and the timed calls of each in turn.
 """
 
 from __future__ import annotations
