@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -74,6 +75,7 @@ def run_row(row: str, seed: int, out: Path, quick: bool = False, threads: int | 
     """Fit and test one row at one seed (``threads``: torch threads of each run); the result row
     (docs/hard_task.md §3)."""
     run_dir = out / row / str(seed)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean: its logs are the only ones read
     config = ["--config", str(CONFIGS / f"{row}.yaml"), "--data.init_args.root", str(DATA_ROOT)]
     fit_wall = _run(["fit", *config, "--seed_everything", str(seed), "--data.init_args.data_seed", str(seed),
                      "--trainer.default_root_dir", str(run_dir),

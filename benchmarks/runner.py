@@ -179,9 +179,11 @@ def run_train(cfg: Config) -> dict:
     return out
 
 
-#: The code a model's cells measure besides the harness (a cell measured before its last change is stale).
-MODEL_CODE = {"centroid_local": ("models",), "centroid_global": ("models",)}
-BASELINE_CODE = ("models", "benchmarks/baselines.py")
+#: The code a model's cells measure besides the harness (a cell measured before its last change is stale): git
+#: pathspecs; models/export_fps.py is the export's FPS (app/export.py), which no benchmarked model runs.
+MODELS_CODE = ("models", ":(exclude)models/export_fps.py")
+MODEL_CODE = {"centroid_local": MODELS_CODE, "centroid_global": MODELS_CODE}
+BASELINE_CODE = (*MODELS_CODE, "benchmarks/baselines.py")
 HARNESS_CODE = ("benchmarks/harness.py",)
 
 
