@@ -60,3 +60,7 @@ CANDIDATES: dict[str, tuple[str, dict, list[int], int]] = {
 
 #: The rows of the learning benchmark (``benchmarks/learning.py``): experiment files configs/learning/<row>.yaml.
 LEARNING_ROWS = ("centroid", "pointnet2", "full_attention")
+#: Variant rows of the learning benchmark: name → (base row, CLI overrides of its experiment file).
+LEARNING_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "centroid_t1": ("centroid", ("--model.init_args.backbone.init_args.stage.steps", "1")),  # T = 1 step
+}

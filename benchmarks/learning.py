@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.experiments import LEARNING_ROWS
+from benchmarks.experiments import LEARNING_ROWS, LEARNING_VARIANTS
 from benchmarks.runner import provenance
 from datamodules.synthetic.hard import HARD_VERSION, HardConfig, generate_hard
 
@@ -76,7 +76,7 @@ def run_row(row: str, seed: int, out: Path, quick: bool = False, threads: int | 
     (docs/hard_task.md §3)."""
     run_dir = out / row / str(seed)
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun starts clean: its logs are the only ones read
-    config = ["--config", str(CONFIGS / f"{row}.yaml"), "--data.init_args.root", str(DATA_ROOT)]
+    config = [*row_config(row), "--data.init_args.root", str(DATA_ROOT)]
     fit_wall = _run(["fit", *config, "--seed_everything", str(seed), "--data.init_args.data_seed", str(seed),
                      "--trainer.default_root_dir", str(run_dir),
                      "--trainer.logger.init_args.save_dir", str(run_dir), *(QUICK if quick else [])], threads)
@@ -190,7 +190,8 @@ def targets(rows: list[dict], baselines: tuple[str, ...] = ("pointnet2", "full_a
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=list(LEARNING_ROWS),
-                        help="experiment files configs/learning/<row>.yaml")
+                        help="experiment files configs/learning/<row>.yaml, or variants of them "
+                             f"({', '.join(LEARNING_VARIANTS)})")
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1, the same for every row")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/learning.json"))
     parser.add_argument("--runs", type=Path, default=Path("runs/learning"), help="run folders")
@@ -209,11 +210,19 @@ def main(argv: list[str] | None = None) -> None:
     print(render(rows))
 
 
+def row_config(row: str) -> list[str]:
+    """The CLI arguments of a row: its experiment file, or a variant's base file and its overrides
+    (``benchmarks.experiments.LEARNING_VARIANTS``)."""
+    base, overrides = LEARNING_VARIANTS.get(row, (row, ()))
+    return ["--config", str(CONFIGS / f"{base}.yaml"), *overrides]
+
+
 def check_rows(rows: list[str]) -> None:
     """Exit in one line when a row has no experiment file."""
     for row in rows:
-        if not (CONFIGS / f"{row}.yaml").is_file():
-            raise SystemExit(f"{CONFIGS / (row + '.yaml')}: no such row config")
+        path = CONFIGS / f"{LEARNING_VARIANTS.get(row, (row,))[0]}.yaml"
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such row config (row {row!r})")
 
 
 if __name__ == "__main__":

@@ -54,3 +54,12 @@ def test_targets_follow_the_issue_thresholds():
     saturated = [{**r, "test_acc": 0.99} for r in rows]
     assert all("**not met**" in line for line in learning.targets(saturated)[:2])
     assert learning.targets(rows[:1]) == ["- Learning: fewer than two rows with two seeds each: no verdict."]
+
+
+def test_a_variant_row_is_its_base_file_and_overrides():
+    assert learning.row_config("centroid") == ["--config", "configs/learning/centroid.yaml"]
+    assert learning.row_config("centroid_t1") == ["--config", "configs/learning/centroid.yaml",
+                                                  "--model.init_args.backbone.init_args.stage.steps", "1"]
+    learning.check_rows(["centroid_t1", "pointnet2"])
+    with pytest.raises(SystemExit, match="no_such.yaml: no such row config"):
+        learning.check_rows(["no_such"])
