@@ -63,6 +63,6 @@ LEARNING_ROWS = ("centroid", "pointnet2", "full_attention")
 #: Variant rows of the learning benchmark: name → (base row, CLI overrides of its experiment file).
 LEARNING_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "centroid_t1": ("centroid", ("--model.init_args.backbone.init_args.stage.steps", "1")),  # T = 1 step
-    # no LayerScale gains: the residual branches start at full strength (docs/operator.md §6)
-    "centroid_no_layer_scale": ("centroid", ("--model.init_args.backbone.init_args.stage.layer_scale", "null")),
+    # LayerScale gains started at 1 (not 1e-3): the residual branches start at full strength (docs/operator.md §6)
+    "centroid_layer_scale_1": ("centroid", ("--model.init_args.backbone.init_args.stage.layer_scale", "1.0")),
 }
