@@ -232,7 +232,8 @@ def provenance(device: str = "cpu") -> dict[str, str]:
     """What every cell records: the commit it was measured at (``+dirty`` when the code folders differ from it),
     the date, the machine and the torch version."""
     commit = _git("rev-parse", "--short", "HEAD").stdout.strip() or "unknown"
-    dirty = _git("status", "--porcelain", "--", "app", "benchmarks", "models", "datamodules").stdout.strip()
+    dirty = _git("status", "--porcelain", "--", "app", "benchmarks", "models", "datamodules",
+                 ":(exclude)benchmarks/results").stdout.strip()  # results being written are not code
     return {"commit": commit + ("+dirty" if dirty else ""), "date": datetime.date.today().isoformat(),
             "machine": machine(device), "torch": torch.__version__}
 
