@@ -58,8 +58,8 @@ def test_targets_follow_the_issue_thresholds():
 
 def test_a_variant_row_is_its_base_file_and_overrides():
     assert learning.row_config("centroid") == ["--config", "configs/learning/centroid.yaml"]
-    assert learning.row_config("centroid_t1") == ["--config", "configs/learning/centroid.yaml",
-                                                  "--model.init_args.backbone.init_args.stage.steps", "1"]
-    learning.check_rows(["centroid_t1", "pointnet2"])
+    assert learning.row_config("centroid_t2") == ["--config", "configs/learning/centroid.yaml",
+                                                  "--model.init_args.backbone.init_args.stage.steps", "2"]
+    learning.check_rows(["centroid_t2", "pointnet2"])
     with pytest.raises(SystemExit, match="no_such.yaml: no such row config"):
         learning.check_rows(["no_such"])
