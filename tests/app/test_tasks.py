@@ -230,8 +230,8 @@ def test_compile_runs_the_backbone_compiled_once_and_keeps_the_checkpoint_keys(t
 
     monkeypatch.setattr(torch, "compile", compile_)
     torch.manual_seed(0)
-    backbone = CentroidBackbone(stem_width=16, num_centroids=[16, 4], widths=[16, 32], stage=StageSettings(k=4),
-                                sampling="prefix")
+    backbone = CentroidBackbone(stem_width=16, num_centroids=[16, 4], widths=[16, 32],
+                                stage=StageSettings(k=4, steps=1), sampling="prefix")
     task = ClassificationTask(backbone, num_classes=3, compile=True)
     keys = set(task.state_dict())
     loader = DataLoader(_clouds(4), batch_size=2)
