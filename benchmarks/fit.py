@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from benchmarks.runner import FIT_CODE, changed_at, is_stale, provenance
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/modelnet40.yaml"
 #: Generated shapes per class: 12 classes × (820, 206) ≈ ModelNet40's 9843 training and 2468 test shapes.
@@ -62,7 +64,7 @@ def run_fit(device: str, data_root: str, epochs: int, limit_batches: int | None,
         if proc.returncode != 0 or not output.is_file():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             return {"command": shown, "error": f"exit {proc.returncode}: {last[:200]}"}
-        return {"command": shown, **json.loads(output.read_text())}
+        return {"command": shown, **json.loads(output.read_text()), **provenance(device)}
 
 
 def render_fit(fit: dict, h: str) -> list[str]:
@@ -71,6 +73,11 @@ def render_fit(fit: dict, h: str) -> list[str]:
     out = ["", f"{h} {title}", "", f"`{fit['command']}`", ""]
     if fit.get("error"):
         return out + [f"Failed: {fit['error']}"]
+    changed = changed_at(FIT_CODE)
+    if is_stale(fit, changed):
+        return out + [f"Dropped as stale (measured at {fit.get('commit', 'no recorded commit')}; the models, data or "
+                      f"configs changed at {changed}): re-measure with `--parts fit`."]
+    out += [f"Measured at {fit['commit']} on {fit['date']} ({fit['machine']}).", ""]
     out += ["Training samples/s over the epoch's training batches; epoch time includes validation; *outside steps* is "
             "the time between training batches (the loop waiting on its loader, plus Lightning's bookkeeping) over "
             "the training time; GPU busy over training batches 20–40 of the first epoch (CUDA only).", "",

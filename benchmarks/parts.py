@@ -37,6 +37,8 @@ def measure_ops(cfg: Config, results: dict) -> bool:
 def measure_train(cfg: Config, results: dict) -> bool:
     """Candidates measured now replace theirs; the others are kept if they were measured the same way."""
     new, old = runner.run_train(cfg), results.get("train", {})
+    stamp = runner.provenance(cfg.device)
+    new = {label: [{**r, **stamp} for r in runs] for label, runs in new.items()}
     before = results.get("configs", {}).get("train")
     same = before is not None and all(before.get(f) == getattr(cfg, f) for f in TRAIN_SETUP)
     kept = {label: runs for label, runs in old.items() if same and label not in new and label in CANDIDATES}

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
 from benchmarks.harness import MODELS
-from benchmarks.runner import drop_stale
+from benchmarks.runner import drop_stale, fresh_train
 
 #: Two-sided 95 % Student-t quantiles by degrees of freedom (1–10); above that the normal 1.96.
 T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
@@ -60,7 +60,7 @@ def train_rows(results: dict) -> list[AccuracyRow]:
     cfg = results.get("configs", {}).get("train", {})
     seen = 12 * cfg.get("train_per_class", 0) * cfg.get("train_epochs", 0)  # 12 generated classes
     rows = []
-    for label, runs in results.get("train", {}).items():
+    for label, runs in fresh_train(results.get("train", {}))[0].items():
         ok = [r for r in runs if r.get("test_acc") is not None]
         if not ok:
             continue

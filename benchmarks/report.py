@@ -13,7 +13,7 @@ from benchmarks.fit import render_fit
 from benchmarks.harness import MODELS, OPS, loglog_slope
 from benchmarks.learning import render as learning_table
 from benchmarks.learning import targets as learning_targets
-from benchmarks.runner import drop_stale, machine
+from benchmarks.runner import drop_stale, fresh_train, machine
 from benchmarks.verdicts import targets, train_targets
 
 
@@ -96,7 +96,7 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
                                       if cells}, variants=True)
     variants = {name: cells for name, cells in variants.items() if cells}
     ops = {op: _int_keys(cells) for op, cells in results.get("ops", {}).items()}
-    train = results.get("train", {})
+    train, dropped_train = fresh_train(results.get("train", {}))
     ref = models.get(REFERENCE, {})
     gpu = cfg.device.startswith("cuda")
     unit = "GPU memory" if gpu else "resident memory"
@@ -171,6 +171,10 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     if results.get("dispatch"):
         out += render_dispatch(results["dispatch"], h)
     out += _render_train(train_cfg, train, h)
+    if dropped_train:
+        out += ["", "Equal-budget training rows dropped as stale (measured before the last change of the models or "
+                f"`benchmarks/training.py`, or without a commit; re-measure with `--parts train`): "
+                f"{'; '.join(dropped_train)}. The learning part below replaces them as the evidence."]
     if results.get("learning"):
         out += _render_learning(results["learning"], h)
     if results.get("fit"):

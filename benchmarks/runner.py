@@ -228,6 +228,26 @@ def drop_stale(tables: dict, variants: bool = False) -> tuple[dict, list[str]]:
     return kept, dropped
 
 
+#: The code the equal-budget training rows and the paper-scale fit measure (older rows are stale).
+TRAIN_CODE = (*BASELINE_CODE, "benchmarks/training.py")
+FIT_CODE = (*MODELS_CODE, "datamodules", "configs/model", "configs/modelnet40.yaml", "benchmarks/fit.py",
+            "benchmarks/fit_timer.py")
+
+
+def fresh_train(train: dict) -> tuple[dict, list[str]]:
+    """The ``train`` part's rows measured at or after the last change of :data:`TRAIN_CODE` (rows without a commit
+    are stale), and one line per label saying what was dropped."""
+    changed = changed_at(TRAIN_CODE)
+    kept, dropped = {}, []
+    for label, runs in train.items():
+        fresh = [r for r in runs if not is_stale(r, changed)]
+        if fresh:
+            kept[label] = fresh
+        if len(fresh) < len(runs):
+            dropped.append(f"{label}: {len(runs) - len(fresh)} run(s)")
+    return kept, dropped
+
+
 def provenance(device: str = "cpu") -> dict[str, str]:
     """What every cell records: the commit it was measured at (``+dirty`` when the code folders differ from it),
     the date, the machine and the torch version."""

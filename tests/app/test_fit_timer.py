@@ -7,6 +7,7 @@ from pathlib import Path
 
 from app.cli import make_cli
 from benchmarks.fit import fit_command, render_fit
+from benchmarks.runner import provenance
 from tests.app.conftest import DEMO, tiny_args
 
 
@@ -20,8 +21,10 @@ def test_fit_timer_measures_a_cli_fit(in_tmp: Path, gen_cls_root: Path) -> None:
         assert e["samples"] == 144  # 12 classes × 12 training shapes, batch 16: 9 full batches (drop_last)
         assert 0 < e["wait_s"] < e["train_s"] < e["epoch_s"]  # validation runs after the training batches
         assert abs(e["samples_per_s"] - e["samples"] / e["train_s"]) < 1e-6 and e["gpu_busy_frac"] is None
-    report = "\n".join(render_fit({"command": "python -m app fit ...", "epochs": epochs}, "##"))
-    assert "| 0 | 144 |" in report and "| 1 | 144 |" in report
+    record = {"command": "python -m app fit ...", "epochs": epochs, **provenance()}
+    report = "\n".join(render_fit(record, "##"))
+    assert "| 0 | 144 |" in report and "| 1 | 144 |" in report and f"Measured at {record['commit']}" in report
+    assert "Dropped as stale" in "\n".join(render_fit({**record, "commit": "0000000"}, "##"))
 
 
 def test_fit_command_is_the_paper_config_on_modelnet40_sized_data(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,10 @@ from benchmarks.config import Config
 from benchmarks.experiments import CANDIDATES, VARIANTS
 from benchmarks.harness import MODELS, build_classifier, loglog_slope, num_centroids, tensor_peak_mib
 from benchmarks.verdicts import speed_verdict, targets
+
+#: This checkout's commit: rows recorded at it are fresh.
+HEAD = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2],
+                      capture_output=True, text=True).stdout.strip()
 
 
 def _tables(text: str) -> list[list[str]]:
@@ -116,7 +121,7 @@ def test_a_part_can_be_rerun_keeping_the_others(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     main(["--quick", "--output", str(out), "--threads", "1", "--parts", "ops"])
     raw = json.loads(out.with_suffix(".json").read_text())
-    raw["train"] = {"Kept row": [{"test_acc": 0.5, "train_s": 1.0, "curve": [1.0]}]}
+    raw["train"] = {"Kept row": [{"test_acc": 0.5, "train_s": 1.0, "curve": [1.0], "commit": HEAD}]}
     out.with_suffix(".json").write_text(json.dumps(raw))
     main(["--quick", "--output", str(out), "--threads", "1", "--parts", "ops"])
     text = out.read_text()
@@ -276,8 +281,9 @@ def test_the_quick_run_draws_its_plots_beside_the_report(quick_run: Path, tmp_pa
     out = _copy_run(quick_run, tmp_path / "B.md")
     raw = json.loads(out.with_suffix(".json").read_text())
     raw["configs"]["train"] = {"train_per_class": 10, "train_epochs": 2}
-    raw["train"] = {"A": [{"test_acc": 0.5, "train_s": 2.0}, {"test_acc": 0.7, "train_s": 2.0}],
-                    "B": [{"test_acc": 0.4, "train_s": 1.0}]}
+    raw["train"] = {"A": [{"test_acc": 0.5, "train_s": 2.0, "commit": HEAD}, {"test_acc": 0.7, "train_s": 2.0,
+                                                                            "commit": HEAD}],
+                    "B": [{"test_acc": 0.4, "train_s": 1.0, "commit": HEAD}]}
     out.with_suffix(".json").write_text(json.dumps(raw))
     main(["--quick", "--output", str(out), "--parts"])  # re-render only: the plots are redrawn from the raw results
     text = out.read_text()
@@ -291,7 +297,8 @@ def test_accuracy_rows_intervals_and_the_pareto_front() -> None:
     assert ci95([1.0]) == 0.0 and ci95([1.0, 3.0]) == pytest.approx(12.71 * 2**0.5 / 2**0.5)
     assert pareto_front([(1.0, 90.0), (2.0, 80.0), (0.5, 85.0), (2.0, 70.0)]) == [0, 1]
     rows = train_rows({"configs": {"train": {"train_per_class": 10, "train_epochs": 2}},
-                       "train": {"A": [{"test_acc": 0.5, "train_s": 4.0}, {"test_acc": 0.7, "train_s": 4.0}]}})
+                       "train": {"A": [{"test_acc": 0.5, "train_s": 4.0, "commit": HEAD},
+                                       {"test_acc": 0.7, "train_s": 4.0, "commit": HEAD}]}})
     assert len(rows) == 1 and rows[0].acc_mean == pytest.approx(60.0) and rows[0].train_sps == pytest.approx(60.0)
     assert rows[0].infer_sps is None
 
