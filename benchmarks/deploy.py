@@ -23,7 +23,7 @@ from benchmarks.verdicts import speed_verdict
 CONFIG = "configs/demo.yaml"
 FORMATS = ("onnx", "exported-program")
 #: The code the measurement depends on: a record older than its last change is stale (not shown).
-CODE = ("models", "app/export.py", "benchmarks/deploy.py")
+CODE = ("models", "app/export.py", "benchmarks/deploy.py", "configs/demo.yaml", "configs/model")
 LABELS = {"onnx": "ONNX (onnxruntime CPU)", "exported-program": "exported program (torch.export.load)"}
 
 
