@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.runner import REPO, changed_at, is_stale, provenance
+from benchmarks.runner import REPO, provenance, stale_line
 from benchmarks.verdicts import speed_verdict
 
 CONFIG = "configs/demo.yaml"
@@ -86,10 +86,9 @@ def render_deploy(deploy: dict, h: str) -> list[str]:
     """The report's section on the ``deploy`` measurement (a line saying it is stale instead of a stale table)."""
     out = ["", f"{h} Shipped model: exported files against eager torch (CPU inference)", "",
            *[f"- {k}: `{c}`" for k, c in deploy["commands"].items()], ""]
-    changed = changed_at(CODE)
-    if is_stale(deploy, changed):
-        return out + [f"Dropped as stale (measured at {deploy.get('commit')}; code changed at {changed}): re-measure "
-                      "with `--parts deploy`."]
+    stale = stale_line(deploy, CODE, "deploy")
+    if stale:
+        return out + [stale]
     out += [
            f"Measured at {deploy['commit']} on {deploy['date']} ({deploy['machine']}). The demo model (128 → 32 → 8 "
            f"centroids) at N = {deploy['num_points']}, raw clouds in random order: the file holds the first stage's "

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import yaml
@@ -19,10 +18,10 @@ from jsonargparse import ArgumentParser
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.harness import Classifier
+from benchmarks.runner import REPO
 from models.backbone import CentroidBackbone
 from models.heads import ClassificationHead
 
-REPO = Path(__file__).resolve().parents[1]
 BACKBONE = "configs/model/backbone_modelnet40.yaml"
 #: The sampling issue's target: at most this many dispatches in the forward, and in the backward (N = 1024, batch 8).
 TARGET = 1500

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.runner import FIT_CODE, changed_at, is_stale, provenance
+from benchmarks.runner import FIT_CODE, provenance, stale_line
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/modelnet40.yaml"
@@ -73,10 +73,9 @@ def render_fit(fit: dict, h: str) -> list[str]:
     out = ["", f"{h} {title}", "", f"`{fit['command']}`", ""]
     if fit.get("error"):
         return out + [f"Failed: {fit['error']}"]
-    changed = changed_at(FIT_CODE)
-    if is_stale(fit, changed):
-        return out + [f"Dropped as stale (measured at {fit.get('commit', 'no recorded commit')}; the models, data or "
-                      f"configs changed at {changed}): re-measure with `--parts fit`."]
+    stale = stale_line(fit, FIT_CODE, "fit")
+    if stale:
+        return out + [stale]
     out += [f"Measured at {fit['commit']} on {fit['date']} ({fit['machine']}).", ""]
     out += ["Training samples/s over the epoch's training batches; epoch time includes validation; *outside steps* is "
             "the time between training batches (the loop waiting on its loader, plus Lightning's bookkeeping) over "

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -95,13 +94,24 @@ def run_row(row: str, seed: int, out: Path, quick: bool = False, threads: int | 
     }
 
 
-def run_matrix(rows: list[str], seeds: int, results: list[dict], runs: Path, quick: bool = False, jobs: int = 1,
-               on_row: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
-    """Every (row, seed) not in ``results`` (measured on this task), seed-major, ``jobs`` runs side by side with
-    ``os.cpu_count() // jobs`` torch threads each; ``on_row(results)`` after each finished run. Returns
-    ``results`` with the new rows (kept rows of another task are dropped)."""
+def load_rows(path: Path) -> list[dict]:
+    """The result rows kept in ``path`` (none when it does not exist)."""
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def save_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=1))
+
+
+def run_matrix(rows: list[str], seeds: int, output: Path, runs: Path, quick: bool = False,
+               jobs: int = 1) -> list[dict]:
+    """Every (row, seed) not yet in the rows file ``output`` (measured on this task), seed-major, ``jobs`` runs side
+    by side with ``os.cpu_count() // jobs`` torch threads each; the file is rewritten after each finished run (rows
+    of another task are dropped from it). Returns its rows."""
     generate_hard(DATA_ROOT, TASK)
-    results[:] = [r for r in results if r.get("task") == task_stamp()]
+    results = [r for r in load_rows(output) if r.get("task") == task_stamp()]
+    save_rows(output, results)
     done = {(r["model"], r["seed"]) for r in results}
     todo = [(row, seed) for seed in range(seeds) for row in rows if (row, seed) not in done]
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
@@ -109,7 +119,7 @@ def run_matrix(rows: list[str], seeds: int, results: list[dict], runs: Path, qui
         for result in pool.map(lambda job: run_row(job[0], job[1], runs, quick, threads), todo):
             results.append(result)
             print(json.dumps(result), flush=True)
-            on_row(results)
+            save_rows(output, results)
     return results
 
 
@@ -199,13 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="one short epoch per run: tests the machinery only")
     args = parser.parse_args(argv)
     check_rows(args.rows)
-    rows = json.loads(args.output.read_text()) if args.output.is_file() else []
-
-    def save(rows: list[dict]) -> None:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(rows, indent=1))
-
-    run_matrix(args.rows, args.seeds, rows, args.runs, args.quick, args.jobs, save)
+    rows = run_matrix(args.rows, args.seeds, args.output, args.runs, args.quick, args.jobs)
     args.output.with_suffix(".md").write_text(render(rows))
     print(render(rows))
 

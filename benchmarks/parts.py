@@ -8,7 +8,6 @@ measured (the report then lists both commands). A new part is one function here,
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,16 +49,8 @@ def measure_learning(cfg: Config, results: dict) -> bool:
     """The rows file (``cfg.learning_output``) is shared with ``python -m benchmarks.learning``: done (row, seed)
     pairs of the same task are kept, the others run, the file rewritten after each run."""
     path = Path(cfg.learning_output)
-    rows = json.loads(path.read_text()) if path.is_file() else []
-    kept = bool(rows)
-
-    def save(rows: list[dict]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows, indent=1))
-
-    learning.run_matrix(cfg.learning_rows, cfg.learning_seeds, rows, Path(cfg.learning_runs), jobs=cfg.jobs,
-                        on_row=save)
-    save(rows)
+    kept = bool(learning.load_rows(path))
+    rows = learning.run_matrix(cfg.learning_rows, cfg.learning_seeds, path, Path(cfg.learning_runs), jobs=cfg.jobs)
     results["learning"] = {"rows": rows, "output": str(path)}
     return kept
 

@@ -228,6 +228,16 @@ def drop_stale(tables: dict, variants: bool = False) -> tuple[dict, list[str]]:
     return kept, dropped
 
 
+def stale_line(record: dict, code: tuple[str, ...], part: str) -> str | None:
+    """The report's line for a one-record part (``fit``, ``deploy``) measured before the last change of ``code``;
+    ``None`` when it is fresh."""
+    changed = changed_at(code)
+    if not is_stale(record, changed):
+        return None
+    return (f"Dropped as stale (measured at {record.get('commit', 'no recorded commit')}; its code changed at "
+            f"{changed}): re-measure with `--parts {part}`.")
+
+
 #: The code the equal-budget training rows and the paper-scale fit measure (older rows are stale).
 TRAIN_CODE = (*BASELINE_CODE, "benchmarks/training.py")
 FIT_CODE = (*MODELS_CODE, "datamodules", "configs/model", "configs/modelnet40.yaml", "benchmarks/fit.py",
