@@ -64,7 +64,6 @@ LEARNING_ROWS = ("centroid", "pointnet2", "full_attention")
 LEARNING_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     # T = 2 refinement steps (the default is 1 since the learning benchmark: docs/operator.md §1)
     "centroid_t2": ("centroid", ("--model.init_args.backbone.init_args.stage.steps", "2")),
-    # T = 2 with LayerScale gains started at 1 (not 1e-3): the residual branches at full strength (docs/operator.md §6)
-    "centroid_t2_layer_scale_1": ("centroid", ("--model.init_args.backbone.init_args.stage.steps", "2",
-                                               "--model.init_args.backbone.init_args.stage.layer_scale", "1.0")),
+    # the relative-position code δ_ij = MLP(p_j − p_i) in keys and values (the default before: docs/operator.md §6)
+    "centroid_pos_code": ("centroid", ("--model.init_args.backbone.init_args.stage.pos_encoding", "true")),
 }

@@ -72,22 +72,21 @@ class KNNInit(nn.Module):
     """Initial centroid features from the k nearest inputs of each seed (docs/operator.md §2 choice).
 
         z_ij = W_x x_j + W_p (p_j − p_i)
-        u_i⁰ = W_o · ReLU(max_{j ∈ kNN(i)} LN(z_ij)) + b_o                        (layers = 1)
-        u_i⁰ = W_o · ReLU(max_{j ∈ kNN(i)} LN'(W_h ReLU(LN(z_ij)))) + b_o          (layers = 2)
+        u_i⁰ = max_{j ∈ kNN(i)} N(z_ij)                                  (layers = 1)
+        u_i⁰ = max_{j ∈ kNN(i)} W_h ReLU(N(z_ij)) + b_h                   (layers = 2, PointNet++'s set abstraction)
 
-    a PointNet on each neighbourhood (max_j ReLU(·) = ReLU(max_j ·), ReLU being monotone, so the last ReLU runs
-    on M rows instead of M·k pairs). The projection W_o comes after the max-pool (M·C² instead of M·k·C²
-    operations), and ``W_x x`` is computed once on the N inputs. N is a LayerNorm of each pair
-    (``norm="layer"``) or a BatchNorm of each channel over the B·M·k pairs (``norm="batch"``). With one layer
+    a PointNet on each neighbourhood whose last per-pair operation is the max-pool: nothing follows it (a ReLU and
+    a projection after the pool made every model that used it learn two to three times more slowly on the hard
+    task, docs/operator.md §6). ``W_x x`` is computed once on the N inputs. N is a BatchNorm of each channel over
+    the B·M·k pairs (``norm="batch"``, the default) or a LayerNorm of each pair (``norm="layer"``). With one layer
     the per-pair part runs as the chunked :func:`models.pairs.knn_max_pool`, which keeps no ``(B, M, k, C)``
-    tensor for backward (docs/operator.md §7). ``layers=2`` adds one per-pair layer (M·k·C² operations,
-    PointNet++'s set abstraction has the same), written with autograd.
+    tensor for backward (docs/operator.md §7). ``layers=2`` adds the per-pair layer W_h (M·k·C² operations, as
+    PointNet++'s set abstraction), written with autograd.
 
-    With a BatchNorm (the default) and one layer the pairs are never built: z_ij = b_j − c_i with
-    b_j = W_x x_j + W_p p_j and c_i = W_p p_i, and the max of a per-channel affine map is taken at one
-    neighbour (:func:`models.pairs.knn_batchnorm_max_pool`). Any BatchNorm takes that path, the
-    ``nn.SyncBatchNorm`` that Lightning's ``sync_batchnorm`` swaps in included (statistics over the pairs of
-    every process).
+    With a BatchNorm and one layer the pairs are never built: z_ij = b_j − c_i with b_j = W_x x_j + W_p p_j and
+    c_i = W_p p_i, and the max of a per-channel affine map is taken at one neighbour
+    (:func:`models.pairs.knn_batchnorm_max_pool`). Any BatchNorm takes that path, the ``nn.SyncBatchNorm`` that
+    Lightning's ``sync_batchnorm`` swaps in included (statistics over the pairs of every process).
 
     Shapes: x ``[B, N, C_in]``, points ``[B, N, 3]`` (p_j), centres ``[B, M, 3]`` (p_i), neighbors
     ``[B, M, k]`` → ``[B, M, C]``.
@@ -107,12 +106,7 @@ class KNNInit(nn.Module):
         self.embed_x = nn.Linear(in_dim, out_dim)
         self.embed_pos = nn.Linear(3, out_dim, bias=False)
         self.norm = _pair_norm_layer(out_dim, norm)
-        self.hidden = (
-            nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim), _pair_norm_layer(out_dim, norm))
-            if layers == 2
-            else None
-        )
-        self.proj = nn.Linear(out_dim, out_dim)
+        self.hidden = nn.Sequential(nn.ReLU(), nn.Linear(out_dim, out_dim)) if layers == 2 else None
 
     def forward(self, x: Tensor, points: Tensor, centres: Tensor, neighbors: Tensor) -> Tensor:
         """x ``[B, N, C_in]`` at ``points`` ``[B, N, 3]``, centres ``[B, M, 3]``, neighbors ``[B, M, k]``
@@ -124,16 +118,15 @@ class KNNInit(nn.Module):
             pooled = knn_batchnorm_max_pool(source.reshape(B * N, C), points.reshape(B * N, 3),
                                             centres.reshape(B * M, 3), self.embed_pos.weight, self.norm, index,
                                             kernel=self.kernel)
-            return self.proj(torch.relu(pooled.view(B, M, C)))
+            return pooled.view(B, M, C)
         rel = gather(points, neighbors) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
         if self.hidden is not None:
             h = _pair_norm(self.norm, gather(source, neighbors) + self.embed_pos(rel))  # (B, M, k, C)
-            h = _pair_norm(self.hidden[2], self.hidden[1](torch.relu(h)))
-            return self.proj(torch.relu(h.amax(dim=2)))  # max-pool over the k neighbours, (B, M, C)
+            return self.hidden(h).amax(dim=2)  # max-pool over the k neighbours, (B, M, C)
         # max_k LN(z_ij) without keeping the (B, M, k, C) pairs
         pooled = knn_max_pool(source.reshape(B * N, C), rel.reshape(B * M, k, 3), self.embed_pos.weight, self.norm,
                               index, kernel=self.kernel)
-        return self.proj(torch.relu(pooled.view(B, M, C)))
+        return pooled.view(B, M, C)
 
 
 def _pair_norm_layer(dim: int, kind: InitNorm) -> nn.Module:

@@ -365,7 +365,7 @@ def test_forward_and_backward_trace_as_one_graph_for_torch_compile() -> None:
 
 @pytest.mark.parametrize("norm", ["layer", "batch"])
 def test_knn_init_equals_its_formula_in_float64(norm: str) -> None:
-    """The fused KNN max-pool (layers = 1) = ReLU(max_j N(W_x x_j + W_p (p_j − p_i))) → W_o, forward and backward."""
+    """The fused KNN max-pool (layers = 1) = max_j N(W_x x_j + W_p (p_j − p_i)), forward and backward."""
     torch.manual_seed(34)
     init = KNNInit(5, 8, norm=norm).double()
     with torch.no_grad():
@@ -382,12 +382,29 @@ def test_knn_init_equals_its_formula_in_float64(norm: str) -> None:
     rel = torch.stack([points[b, nbr[b]] for b in range(2)]) - centres.unsqueeze(2)  # p_j − p_i, (B, M, k, 3)
     z = torch.stack([init.embed_x(x)[b, nbr[b]] for b in range(2)]) + init.embed_pos(rel)  # (B, M, k, C)
     normed = init.norm(z) if norm == "layer" else init.norm(z.reshape(-1, 8)).view(z.shape)
-    plain = init.proj(torch.relu(normed.amax(dim=2)))
+    plain = normed.amax(dim=2)
     plain.square().sum().backward()
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     for a, b in zip(got, [x.grad, *(p.grad for p in init.parameters())]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_two_layer_knn_init_equals_pointnet2_set_abstraction_in_float64(norm: str) -> None:
+    """layers = 2: max_j W_h ReLU(N(W_x x_j + W_p (p_j − p_i))) + b_h, PointNet++'s per-pair MLP then max."""
+    torch.manual_seed(35)
+    init = KNNInit(5, 8, layers=2, norm=norm).double()
+    x = torch.randn(2, 30, 5, dtype=torch.float64)
+    points, centres = torch.randn(2, 30, 3, dtype=torch.float64), torch.randn(2, 7, 3, dtype=torch.float64)
+    nbr = torch.randint(0, 30, (2, 7, 4))
+    rel = torch.stack([points[b, nbr[b]] for b in range(2)]) - centres.unsqueeze(2)
+    pairs = torch.cat([torch.stack([x[b, nbr[b]] for b in range(2)]), rel], dim=-1)  # [x_j, p_j − p_i]
+    weight = torch.cat([init.embed_x.weight, init.embed_pos.weight], dim=1)  # one linear map of the pair
+    z = pairs @ weight.T + init.embed_x.bias
+    normed = init.norm(z) if norm == "layer" else init.norm(z.reshape(-1, 8)).view(z.shape)
+    expected = (torch.relu(normed) @ init.hidden[1].weight.T + init.hidden[1].bias).amax(dim=2)
+    torch.testing.assert_close(init(x, points, centres, nbr), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_recomputed_stage_gives_the_same_output_and_gradients() -> None:
@@ -416,7 +433,7 @@ def test_recompute_updates_the_running_statistics_once(layers: int) -> None:
         stage = CentroidStage(8, 16, 16, StageSettings(k=6, heads=2, init_layers=layers, recompute=recompute))
         stage(pos, x).feat.square().sum().backward()
         buffers.append(list(stage.buffers()))
-    assert len(buffers[0]) == 3 * layers and int(buffers[1][2]) == 1
+    assert len(buffers[0]) == 3 and int(buffers[1][2]) == 1  # one BatchNorm: mean, variance, count
     for a, b in zip(*buffers, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -434,8 +451,7 @@ def test_batch_norm_knn_init_runs_differs_and_uses_running_statistics_in_eval(la
         assert outs[norm].shape == (3, 8, 32) and torch.isfinite(outs[norm]).all()
     assert not torch.allclose(outs["layer"], outs["batch"])
     init = net.stages[0].init
-    norms = [init.norm] if layers == 1 else [init.norm, init.hidden[2]]
-    assert all(isinstance(n, torch.nn.BatchNorm1d) for n in norms) and (init.hidden is None) == (layers == 1)
+    assert isinstance(init.norm, torch.nn.BatchNorm1d) and (init.hidden is None) == (layers == 1)
     assert int(init.norm.num_batches_tracked) == 1  # statistics over the B·M·k pairs of the training batch
     assert not torch.equal(init.norm.running_mean, torch.zeros_like(init.norm.running_mean))
     net.eval()
