@@ -8,8 +8,6 @@ the others (``--parts``):
   address-space cap and a wall-time limit (honest peak RSS, failures isolated); on CUDA cells run in this
   process (``max_memory_allocated`` is exact there, and a process per cell would spend seconds starting CUDA).
 - ``ops``: neighbour search and sampling on their own (in-model kNN/FPS, the data side's FPS order).
-- ``train``: equal-budget training on the generated data, xyz only, one recipe, ``--seeds`` seeds, mean ± std
-  (``benchmarks/training.py``), for the baselines and every centroid candidate in ``CANDIDATES``.
 - ``learning`` (only when asked for; hours on a CPU): the users' recipe (``python -m app fit`` / ``test``) per row and
   paired seed on the hard generated task (``benchmarks/learning.py``, docs/hard_task.md); ``--jobs`` runs side by
   side; its rows shared with ``python -m benchmarks.learning``.
@@ -18,7 +16,7 @@ the others (``--parts``):
 - ``deploy`` (only when asked for): the demo model exported to ONNX and as an exported program, checked and timed
   against eager torch at N = 1024, batch 1 and 16 (``python -m app export --time``, ``benchmarks/deploy.py``).
 
-The command is split by job: ``config`` (sizes), ``experiments`` (variants, candidates), ``runner`` (cells),
+The command is split by job: ``config`` (sizes), ``experiments`` (variants, learning rows), ``runner`` (cells),
 ``parts`` (what each part measures), ``verdicts`` (targets), ``report`` (markdown), ``plots`` (PNGs beside the
 output). Full CPU run (the one in BENCHMARKS.md): see the command in its header. A tiny end-to-end run:
 ``python -m benchmarks --quick --output /tmp/BENCHMARKS.md``.
@@ -36,8 +34,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.config import DEFAULT_PARTS, PARTS, Config, quick_config
-from benchmarks.experiments import CANDIDATES
+from benchmarks.config import DEFAULT_PARTS, PARTS, Config, known_fields, quick_config
 from benchmarks.harness import MODELS
 from benchmarks.parts import MEASURE
 from benchmarks.plots import plot
@@ -45,14 +42,31 @@ from benchmarks.report import render
 from benchmarks.runner import REPO, machine
 
 
+def forget_removed_parts(results: dict) -> None:
+    """Drop what older result files hold of parts that no longer exist (``train``, the equal-budget training that
+    the ``learning`` part replaced): its rows, its commands, configs and machines, and its fields in the configs
+    of the other parts."""
+    results.pop("train", None)
+    if "parts" in results:
+        results["parts"] = [part for part in results["parts"] if part in PARTS]
+    for key in ("commands", "configs", "machines"):
+        if key in results:
+            results[key] = {part: v for part, v in results[key].items() if part in PARTS}
+    if "configs" in results:
+        results["configs"] = {part: known_fields(c) for part, c in results["configs"].items()}
+
+
 def run(cfg: Config, output: Path, command: str, parts: tuple[str, ...] = PARTS) -> str:
     """Run ``parts``, keep the other parts' raw results from ``<output>.json``, write the report and its plots
     (PNGs beside ``output``); returns the report.
 
-    A CUDA run keeps its results apart (under ``"gpu"``), so that CPU and GPU cells never share a table.
+    A CUDA run keeps its results apart (under ``"gpu"``), so that CPU and GPU cells never share a table. Results
+    of removed parts are dropped (:func:`forget_removed_parts`).
     """
     raw_path = output.with_suffix(".json")
     root = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
+    for device_results in (root, root.get("gpu", {})):
+        forget_removed_parts(device_results)
     results = root.setdefault("gpu", {}) if cfg.device.startswith("cuda") else root
     kept = {part: MEASURE[part](cfg, results) for part in PARTS if part in parts}
     results["parts"] = sorted(set(results.get("parts", [])) | set(parts), key=PARTS.index)
@@ -94,13 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads per cell (0: torch's default)")
     p.add_argument("--device", default=d.device, help="cpu or cuda (bf16 autocast, cells in one process)")
     p.add_argument("--compile", action="store_true", help="torch.compile the models (compile time noted per cell)")
-    p.add_argument("--candidates", nargs="+", choices=list(CANDIDATES), default=d.candidates)
-    p.add_argument("--seeds", type=int, default=d.seeds)
-    p.add_argument("--jobs", type=int, default=d.jobs, help="trainings run side by side (each --threads threads)")
-    p.add_argument("--train-epochs", type=int, default=d.train_epochs)
-    p.add_argument("--test-per-class", type=int, default=d.test_per_class,
-                   help="generated test shapes per class (50: 600 test shapes, one shape = 0.17 points)")
-    p.add_argument("--data-root", default=d.data_root)
+    p.add_argument("--jobs", type=int, default=d.jobs,
+                   help="learning runs side by side (the cores split between them)")
     p.add_argument("--torch-cluster-python", default=None, help="a Python with torch_cluster, for the comparison")
     p.add_argument("--fit-epochs", type=int, default=d.fit_epochs)
     p.add_argument("--fit-limit-batches", type=int, default=None, help="training/validation batches per fit epoch")
@@ -112,12 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deploy-repeats", type=int, default=d.deploy_repeats, help="timed calls per batch size")
     a = p.parse_args(argv)
     if a.quick:
-        cfg = quick_config(str(a.output.parent / "benchmark_data"))
+        cfg = quick_config()
         cfg.threads, cfg.device = a.threads, a.device
     else:
         cfg = Config(a.sizes, a.local_sizes, a.variant_sizes, a.models, a.batch, a.repeats, a.min_repeats,
-                     a.cell_budget, a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, a.candidates, a.seeds,
-                     jobs=a.jobs, train_epochs=a.train_epochs, test_per_class=a.test_per_class, data_root=a.data_root,
+                     a.cell_budget, a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, jobs=a.jobs,
                      torch_cluster_python=a.torch_cluster_python, fit_epochs=a.fit_epochs,
                      fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers,
                      learning_rows=a.learning_rows, learning_seeds=a.learning_seeds,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-from benchmarks.experiments import CANDIDATES, LEARNING_ROWS
+from benchmarks.experiments import LEARNING_ROWS
 from benchmarks.harness import MODELS
 
 #: Every part a run can redo, in report order (see ``benchmarks/__main__.py``).
-PARTS = ("cost", "ops", "train", "learning", "fit", "deploy")
+PARTS = ("cost", "ops", "learning", "fit", "deploy")
 #: The parts a plain run redoes (``learning`` takes hours, ``fit`` an epoch at paper scale, ``deploy`` two exports:
 #: asked for by name).
-DEFAULT_PARTS = ("cost", "ops", "train")
+DEFAULT_PARTS = ("cost", "ops")
 
 
 @dataclass
@@ -31,14 +31,7 @@ class Config:
     threads: int = 0
     device: str = "cpu"
     compile: bool = False
-    candidates: list[str] = field(default_factory=lambda: list(CANDIDATES))
-    seeds: int = 3
-    jobs: int = 1  # trainings run side by side
-    train_epochs: int = 12
-    train_points: int = 256
-    train_per_class: int = 40
-    test_per_class: int = 50  # 600 test shapes: one shape is 0.17 points (10 per class could not resolve 1.5)
-    data_root: str = "data/benchmark_modelnet"
+    jobs: int = 1  # learning runs side by side
     torch_cluster_python: str | None = None
     isolate: bool = True  # one subprocess per cell (honest peak memory); False runs cells in this process
     fit_epochs: int = 1
@@ -58,10 +51,19 @@ class Config:
     deploy_fit_batches: int = 4  # training batches of the demo fit that makes the checkpoint
 
 
-def quick_config(data_root: str) -> Config:
+def quick_config() -> Config:
     """Tiny sizes for tests: runs end to end in well under a minute."""
     return Config(sizes=[128], local_sizes=[256], variant_sizes=[128], batch=2, repeats=1, min_repeats=1,
-                  cell_budget_s=1.0,
-                  cell_timeout_s=60.0, candidates=list(CANDIDATES)[:3], seeds=2, train_epochs=1, train_points=64,
-                  train_per_class=1, test_per_class=1, data_root=data_root, isolate=False,
-                  dispatch_points=512, dispatch_batch=1)
+                  cell_budget_s=1.0, cell_timeout_s=60.0, isolate=False, dispatch_points=512, dispatch_batch=1)
+
+
+def known_fields(record: dict) -> dict:
+    """A config recorded in the raw results without the fields this version no longer has (older files hold the
+    removed ``train`` part's)."""
+    known = {f.name for f in fields(Config)}
+    return {k: v for k, v in record.items() if k in known}
+
+
+def config_of(record: dict) -> Config:
+    """The config a part recorded in the raw results (fields it lacks: their defaults)."""
+    return Config(**known_fields(record))

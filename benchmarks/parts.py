@@ -15,7 +15,6 @@ from benchmarks import learning, runner
 from benchmarks.config import Config
 from benchmarks.deploy import run_deploy
 from benchmarks.dispatch import count_step
-from benchmarks.experiments import CANDIDATES, TRAIN_SETUP
 from benchmarks.fit import run_fit
 from benchmarks.harness import MODELS
 
@@ -31,18 +30,6 @@ def measure_ops(cfg: Config, results: dict) -> bool:
     results["ops"] = runner.run_ops(cfg)
     results["dispatch"] = {**count_step(cfg.dispatch_batch, cfg.dispatch_points), **runner.provenance()}
     return False
-
-
-def measure_train(cfg: Config, results: dict) -> bool:
-    """Candidates measured now replace theirs; the others are kept if they were measured the same way."""
-    new, old = runner.run_train(cfg), results.get("train", {})
-    stamp = runner.provenance(cfg.device)
-    new = {label: [{**r, **stamp} for r in runs] for label, runs in new.items()}
-    before = results.get("configs", {}).get("train")
-    same = before is not None and all(before.get(f) == getattr(cfg, f) for f in TRAIN_SETUP)
-    kept = {label: runs for label, runs in old.items() if same and label not in new and label in CANDIDATES}
-    results["train"] = {label: ({**kept, **new})[label] for label in CANDIDATES if label in kept or label in new}
-    return bool(kept)
 
 
 def measure_learning(cfg: Config, results: dict) -> bool:
@@ -68,6 +55,6 @@ def measure_deploy(cfg: Config, results: dict) -> bool:
 
 
 MEASURE: dict[str, Callable[[Config, dict], bool]] = {
-    "cost": measure_cost, "ops": measure_ops, "train": measure_train, "learning": measure_learning,
-    "fit": measure_fit, "deploy": measure_deploy,
+    "cost": measure_cost, "ops": measure_ops, "learning": measure_learning, "fit": measure_fit,
+    "deploy": measure_deploy,
 }

@@ -3,8 +3,8 @@
 - ``<stem>_cost.png``: fwd+bwd time and peak memory against N on log-log axes, every model (its own sampling
   included in the step), median with the spread of the timed runs as error bars.
 - ``<stem>_accuracy.png``: test accuracy (mean and 95 % interval over seeds) against training and inference
-  throughput, one point per model or variant, the Pareto front (no other row both faster and more accurate)
-  drawn as a line.
+  throughput, one point per row of the ``learning`` part, the Pareto front (no other row both faster and more
+  accurate) drawn as a line.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
 from benchmarks.harness import MODELS
-from benchmarks.runner import drop_stale, fresh_train
+from benchmarks.runner import drop_stale
 
 #: Two-sided 95 % Student-t quantiles by degrees of freedom (1–10); above that the normal 1.96.
 T95 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23)
@@ -52,25 +52,6 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     front = [i for i, (x, y) in enumerate(points)
              if not any(a >= x and b >= y and (a, b) != (x, y) for a, b in points)]
     return sorted(front, key=lambda i: points[i][0])
-
-
-def train_rows(results: dict) -> list[AccuracyRow]:
-    """Accuracy rows from the ``train`` part: training samples/s from each run's wall time and data size
-    (``infer_sps`` where the runs recorded it)."""
-    cfg = results.get("configs", {}).get("train", {})
-    seen = 12 * cfg.get("train_per_class", 0) * cfg.get("train_epochs", 0)  # 12 generated classes
-    rows = []
-    for label, runs in fresh_train(results.get("train", {}))[0].items():
-        ok = [r for r in runs if r.get("test_acc") is not None]
-        if not ok:
-            continue
-        accs = [100 * r["test_acc"] for r in ok]
-        secs = [r["train_s"] for r in ok if r.get("train_s")]
-        infer = [r["infer_sps"] for r in ok if r.get("infer_sps")]
-        rows.append(AccuracyRow(label, statistics.fmean(accs), ci95(accs),
-                                seen / statistics.fmean(secs) if secs and seen else None,
-                                statistics.fmean(infer) if infer else None))
-    return rows
 
 
 def learning_rows(results: dict) -> list[AccuracyRow]:
@@ -141,10 +122,10 @@ def plot_accuracy(rows: list[AccuracyRow], path: Path) -> Path | None:
 
 def plot(results: dict, output: Path, rows: list[AccuracyRow] | None = None) -> list[Path]:
     """Every plot of the (CPU) results beside ``output``; the paths written. ``rows``: the accuracy plot's rows
-    (default: the ``learning`` part's where it ran, else the ``train`` part's, :func:`train_rows`)."""
+    (default: the ``learning`` part's, :func:`learning_rows`)."""
     fresh, _ = drop_stale(results.get("cost", {}).get("models", {}))  # the tables' cells, no stale ones
     if rows is None:
-        rows = learning_rows(results) or train_rows(results)
+        rows = learning_rows(results)
     made = [plot_cost(fresh, output.with_name(f"{output.stem}_cost.png")),
             plot_accuracy(rows, output.with_name(f"{output.stem}_accuracy.png"))]
     return [p for p in made if p is not None]

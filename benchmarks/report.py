@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime
-import statistics
 
-from benchmarks.config import PARTS, Config
+from benchmarks.config import PARTS, Config, config_of
 from benchmarks.deploy import render_deploy
 from benchmarks.dispatch import render_dispatch
 from benchmarks.experiments import COMPILED, REFERENCE
@@ -13,8 +12,8 @@ from benchmarks.fit import render_fit
 from benchmarks.harness import MODELS, OPS, loglog_slope
 from benchmarks.learning import render as learning_table
 from benchmarks.learning import targets as learning_targets
-from benchmarks.runner import drop_stale, fresh_train, machine
-from benchmarks.verdicts import targets, train_targets
+from benchmarks.runner import drop_stale, machine
+from benchmarks.verdicts import targets
 
 
 def _f(x: float | None, fmt: str = "{:.1f}") -> str:
@@ -54,13 +53,6 @@ def _cost_rows(label: str, cells: dict, ref: dict) -> list[str]:
     return rows
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}"
-
-
 def render(cfg: Config, results: dict, command: str, figures: list[str] = ()) -> str:
     """The markdown report from the raw results of every part (each described by the config it ran with): the
     CPU run, then the GPU run (``results["gpu"]``, same layout) where one was made."""
@@ -80,14 +72,14 @@ def render(cfg: Config, results: dict, command: str, figures: list[str] = ()) ->
 
 def _machine_line(results: dict, cfg: Config) -> str:
     """The machine each part ran on, as recorded when it ran (older result files: this machine)."""
-    seen = list(dict.fromkeys(results.get("machines", {}).values())) or [machine(cfg.device)]
+    recorded = [m for part, m in results.get("machines", {}).items() if part in PARTS]
+    seen = list(dict.fromkeys(recorded)) or [machine(cfg.device)]
     return "; ".join(seen)
 
 
 def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     """One device's report (``h``: the markdown level of its section headings)."""
-    configs = {part: Config(**c) for part, c in results.get("configs", {}).items()}
-    train_cfg = configs.get("train", cfg)
+    configs = {part: config_of(c) for part, c in results.get("configs", {}).items() if part in PARTS}
     cfg = configs.get("cost", cfg)
     label = {k: v[0] for k, v in MODELS.items()}
     cost = results.get("cost", {})
@@ -96,7 +88,6 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
                                       if cells}, variants=True)
     variants = {name: cells for name, cells in variants.items() if cells}
     ops = {op: _int_keys(cells) for op, cells in results.get("ops", {}).items()}
-    train, dropped_train = fresh_train(results.get("train", {}))
     ref = models.get(REFERENCE, {})
     gpu = cfg.device.startswith("cuda")
     unit = "GPU memory" if gpu else "resident memory"
@@ -170,18 +161,13 @@ def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
         out += _render_ops(cfg, ops, h)
     if results.get("dispatch"):
         out += render_dispatch(results["dispatch"], h)
-    out += _render_train(train_cfg, train, h)
-    if dropped_train:
-        out += ["", "Equal-budget training rows dropped as stale (measured before the last change of the models or "
-                f"`benchmarks/training.py`, or without a commit; re-measure with `--parts train`): "
-                f"{'; '.join(dropped_train)}. The learning part below replaces them as the evidence."]
     if results.get("learning"):
         out += _render_learning(results["learning"], h)
     if results.get("fit"):
         out += render_fit(results["fit"], h)
     if results.get("deploy"):
         out += render_deploy(results["deploy"], h)
-    out += ["", f"{h} Targets", ""] + targets(models, variants, cfg) + train_targets(train)
+    out += ["", f"{h} Targets", ""] + targets(models, variants, cfg)
     return out
 
 
@@ -225,40 +211,8 @@ def _render_ops(cfg: Config, ops: dict, h: str) -> list[str]:
 
 
 def _commands(results: dict, command: str) -> dict[str, list[str]]:
-    """The commands that produced each part, in order (older result files lack them: this run's command)."""
+    """The commands that produced each part, in order (older result files lack them: this run's command; parts
+    that no longer exist are left out)."""
     known = results.get("commands", {})
-    out = {part: known.get(part, command) for part in results.get("parts", PARTS)}
+    out = {part: known.get(part, command) for part in results.get("parts", PARTS) if part in PARTS}
     return {part: [c] if isinstance(c, str) else c for part, c in out.items()}
-
-
-def _render_train(cfg: Config, train: dict, h: str) -> list[str]:
-    if not train:
-        return []
-    out = ["", f"{h} Equal-budget training (generated data, xyz only, {cfg.train_points} points, "
-           f"{cfg.train_epochs} epochs, "
-           f"{len(next(iter(train.values())))} seeds)", "",
-           "One recipe for every model (`benchmarks/training.py`): AdamW (lr 1e-3, weight decay 0.05), linear warm-up "
-           "over the first epoch then cosine per step, label smoothing 0.1, batch 16, head dropout 0.5, the data "
-           "modules' training augmentation (scale, translate, jitter, point dropout), widths halved (stem 32, stages "
-           f"64/128/256) to fit the CPU budget. {cfg.train_per_class} training and {cfg.test_per_class} test "
-           "shapes per class, 12 classes (chance 8.3 %): one test shape is "
-           f"{100 / (12 * cfg.test_per_class):.2f} points and the binomial standard error of a single run at 97 % is "
-           f"{100 * (0.97 * 0.03 / (12 * cfg.test_per_class)) ** 0.5:.1f} points (with 10 test shapes per class, "
-           "120 in all, it was 1.6 points: the seed spread could not be resolved to 1.5 points). Test accuracy of "
-           "the **last** epoch (no best-epoch picking, no voting), "
-           "mean ± sample std over seeds; the seed sets initialisation, data order and augmentation. *train s*: "
-           f"wall time of one run with {cfg.jobs} run{'s' if cfg.jobs != 1 else ''} side by side, one thread each "
-           "(indicative: the cost tables are the timing reference). Every row names its options; *(before)* rows "
-           "are the models as they were before issue 12, and docs/operator.md §6 says which options are the "
-           "defaults and why.", "",
-           "| model | test acc % (mean ± std) | per seed | train loss, last epoch | train s / run |",
-           "|---|---:|---|---:|---:|"]
-    for label, runs in train.items():
-        ok = [r for r in runs if r.get("test_acc") is not None]
-        errors = [r["error"] for r in runs if r.get("error")]
-        per_seed = ", ".join(f"{100 * r['test_acc']:.1f}" for r in ok)
-        loss = _f(statistics.fmean(r["curve"][-1] for r in ok), "{:.3f}") if ok and ok[0].get("curve") else "–"
-        secs = _f(statistics.fmean(r["train_s"] for r in ok), "{:.0f}") if ok else "–"
-        note = f" ({errors[0][:80]})" if errors else ""
-        out.append(f"| {label} | {_mean_std([r['test_acc'] for r in ok])}{note} | {per_seed} | {loss} | {secs} |")
-    return out

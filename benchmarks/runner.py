@@ -1,5 +1,5 @@
 """Runs the cells of ``python -m benchmarks``: each in a capped subprocess (or in this process), size-major sweeps,
-the cost/ops/train parts, and the provenance every cell records."""
+the cost and ops parts, and the provenance every cell records."""
 
 from __future__ import annotations
 
@@ -10,28 +10,27 @@ import platform
 import resource
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from benchmarks.config import Config
-from benchmarks.experiments import CANDIDATES, COMPILED, REFERENCE, VARIANTS
+from benchmarks.experiments import COMPILED, REFERENCE, VARIANTS
 from benchmarks.harness import OPS, RATIOS, WIDTHS, CellSpec, error_text, loglog_slope, run_cell
-from benchmarks.training import TrainSpec, prepare_training_data, train_and_test
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_child(module: str, payload: dict, cfg: Config, python: str | None = None) -> dict:
-    """Run ``python -m module '<payload>'`` under the memory and time caps; its ``RESULT`` dict or an error.
+def run_child(payload: dict, cfg: Config, python: str | None = None) -> dict:
+    """Run one cell, ``python -m benchmarks.harness '<payload>'``, under the memory and time caps; its ``RESULT``
+    dict or an error.
 
     With ``cfg.isolate`` off (and always on CUDA) the cell runs in this process instead (no caps; on CPU
     peak memory then includes what earlier cells left behind).
     """
     if not cfg.isolate or cfg.device.startswith("cuda"):
-        return _in_process(module, payload)
+        return _in_process(payload)
 
     def cap() -> None:
         limit = int(cfg.mem_gib * 2**30)
@@ -40,8 +39,8 @@ def run_child(module: str, payload: dict, cfg: Config, python: str | None = None
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     try:
         proc = subprocess.run(
-            [python or sys.executable, "-m", module, json.dumps(payload)], cwd=REPO, env=env, capture_output=True,
-            text=True, timeout=cfg.cell_timeout_s, preexec_fn=cap,
+            [python or sys.executable, "-m", "benchmarks.harness", json.dumps(payload)], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=cfg.cell_timeout_s, preexec_fn=cap,
         )
     except subprocess.TimeoutExpired:
         return {"error": f"over the {cfg.cell_timeout_s:.0f} s cell limit"}
@@ -52,19 +51,14 @@ def run_child(module: str, payload: dict, cfg: Config, python: str | None = None
     return {"error": f"exit code {proc.returncode}: {tail}"}
 
 
-def _in_process(module: str, payload: dict) -> dict:
+def _in_process(payload: dict) -> dict:
     """The child's work without a child: same result dict, errors caught the same way."""
-    if module == "benchmarks.harness":
-        try:
-            return asdict(run_cell(CellSpec(**payload)))
-        except (RuntimeError, MemoryError) as e:
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return {"error": error_text(e)}
     try:
-        return asdict(train_and_test(TrainSpec(**payload)))
-    except Exception as e:  # noqa: BLE001 -- as in the child: a failed training is a row note
-        return {"error": f"{type(e).__name__}: {str(e).strip()[:160]}"}
+        return asdict(run_cell(CellSpec(**payload)))
+    except (RuntimeError, MemoryError) as e:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return {"error": error_text(e)}
 
 
 def _predicted_s(done: list[tuple[int, float]], n: int) -> float | None:
@@ -106,7 +100,7 @@ def sweep(names: list[str], sizes_of: dict[str, list[int]], cfg: Config, key: st
                             compile=cfg.compile, ratios=ratios, steps=steps, options=options or {},
                             widths=widths, min_repeats=cfg.min_repeats)
             print(f"[benchmark] {name} N={n} ratios={ratios} T={steps}", flush=True)
-            res = {**run_child("benchmarks.harness", asdict(spec), cfg, python), **stamp}
+            res = {**run_child(asdict(spec), cfg, python), **stamp}
             results[name][n] = res
             print(f"[benchmark]   -> {res.get('error') or res.get('train_ms') or res.get('op_ms'):.6}", flush=True)
             if res.get("error"):
@@ -152,31 +146,6 @@ def run_ops(cfg: Config) -> dict:
         theirs = [op for op in OPS if op.endswith("torch_cluster")]
         ops.update(sweep(theirs, op_sizes, cfg, "op_ms", python=cfg.torch_cluster_python))
     return ops
-
-
-def run_train(cfg: Config) -> dict:
-    """Every candidate × seed, ``cfg.jobs`` trainings at a time (each its own process, ``cfg.threads`` threads)."""
-    jobs = []
-    for label in cfg.candidates:
-        name, options, ratios, steps = CANDIDATES[label]
-        for seed in range(cfg.seeds):
-            spec = TrainSpec(name, cfg.data_root, cfg.train_points, cfg.train_epochs, threads=cfg.threads,
-                             train_per_class=cfg.train_per_class, test_per_class=cfg.test_per_class, seed=seed,
-                             ratios=ratios, steps=steps, options=options)
-            jobs.append((label, spec))
-    if jobs:  # the data set and its cache are built once, before trainings run side by side
-        prepare_training_data(jobs[0][1])
-
-    def one(job: tuple[str, TrainSpec]) -> dict:
-        print(f"[benchmark] training {job[0]}, seed {job[1].seed}", flush=True)
-        return run_child("benchmarks.training", asdict(job[1]), cfg)
-
-    with ThreadPoolExecutor(max_workers=max(1, cfg.jobs)) as pool:  # threads wait on child processes
-        results = list(pool.map(one, jobs))
-    out: dict[str, list[dict]] = {label: [] for label in cfg.candidates}
-    for (label, _), result in zip(jobs, results):
-        out[label].append(result)
-    return out
 
 
 #: The code a model's cells measure besides the harness (a cell measured before its last change is stale): git
@@ -238,24 +207,9 @@ def stale_line(record: dict, code: tuple[str, ...], part: str) -> str | None:
             f"{changed}): re-measure with `--parts {part}`.")
 
 
-#: The code the equal-budget training rows and the paper-scale fit measure (older rows are stale).
-TRAIN_CODE = (*BASELINE_CODE, "benchmarks/training.py")
+#: The code the paper-scale fit measures (an older record is stale).
 FIT_CODE = (*MODELS_CODE, "datamodules", "configs/model", "configs/modelnet40.yaml", "benchmarks/fit.py",
             "benchmarks/fit_timer.py")
-
-
-def fresh_train(train: dict) -> tuple[dict, list[str]]:
-    """The ``train`` part's rows measured at or after the last change of :data:`TRAIN_CODE` (rows without a commit
-    are stale), and one line per label saying what was dropped."""
-    changed = changed_at(TRAIN_CODE)
-    kept, dropped = {}, []
-    for label, runs in train.items():
-        fresh = [r for r in runs if not is_stale(r, changed)]
-        if fresh:
-            kept[label] = fresh
-        if len(fresh) < len(runs):
-            dropped.append(f"{label}: {len(runs) - len(fresh)} run(s)")
-    return kept, dropped
 
 
 def provenance(device: str = "cpu") -> dict[str, str]:

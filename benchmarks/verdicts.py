@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import statistics
 
 from benchmarks.config import Config
-from benchmarks.experiments import DEFAULT_CENTROID, REFERENCE
+from benchmarks.experiments import REFERENCE
 from benchmarks.harness import RATIOS, loglog_slope
 
 
@@ -135,27 +134,3 @@ def _slope_target(ref: dict) -> str:
         verdict = f"not verified up to N = {tried}; {verdict} up to N = {local[-1][0]}"
     return (f"- Local mode slope ≤ 1.1 from 4k to 64k: **{verdict}** "
             f"(slope {slope:.3f} over N = {local[0][0]}–{local[-1][0]}).")
-
-
-def train_targets(train: dict) -> list[str]:
-    """The issue's training targets: the default centroid backbone against PointNet++, full attention vs chance."""
-    def accs(label: str) -> list[float]:
-        return [100 * r["test_acc"] for r in train.get(label, []) if r.get("test_acc") is not None]
-
-    lines = []
-    ours = accs(DEFAULT_CENTROID)
-    for ref in ("PointNet++ SSG", "PointNet++ SSG, BatchNorm"):
-        theirs = accs(ref)
-        if len(ours) > 1 and len(theirs) > 1:
-            m, s, r = statistics.fmean(ours), statistics.stdev(ours), statistics.fmean(theirs)
-            verdict = "met" if m >= r and s <= 1.5 else "not met"
-            lines.append(f"- Training: centroid backbone (defaults) ≥ {ref} on the mean, std ≤ 1.5 points: "
-                         f"**{verdict}** "
-                         f"({m:.1f} ± {s:.1f} vs {r:.1f} ± {statistics.stdev(theirs):.1f} %).")
-    full = accs("Full self-attention")
-    if full:
-        m = statistics.fmean(full)
-        lines.append("- Training: full self-attention clearly above chance (8.3 %; taken as ≥ 25 %): "
-                     f"**{'met' if m >= 25 else 'not met'}** "
-                     f"({m:.1f} %, per seed {', '.join(f'{a:.1f}' for a in full)}).")
-    return lines

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,13 +12,12 @@ import torch
 
 from benchmarks.__main__ import main
 from benchmarks.config import Config
-from benchmarks.experiments import CANDIDATES, VARIANTS
+from benchmarks.experiments import VARIANTS
 from benchmarks.harness import MODELS, build_classifier, loglog_slope, num_centroids, tensor_peak_mib
 from benchmarks.verdicts import speed_verdict, targets
 
-#: This checkout's commit: rows recorded at it are fresh.
-HEAD = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[2],
-                      capture_output=True, text=True).stdout.strip()
+#: The task of made-up learning rows (the learning part takes hours: tests write its rows).
+TASK = {"train_per_class": 20, "test_per_class": 15}
 
 
 def _tables(text: str) -> list[list[str]]:
@@ -34,9 +32,18 @@ def _tables(text: str) -> list[list[str]]:
     return tables + ([cur] if cur else [])
 
 
+def _learning(*models: tuple[str, float, float], seeds: int = 3) -> dict:
+    """Made-up results of the learning part: ``(model, test accuracy, training samples/s)`` per row, seed s adding
+    s points of test accuracy."""
+    return {"output": "benchmarks/results/learning.json", "rows": [
+        {"model": model, "seed": s, "test_acc": acc + 0.01 * s, "val_acc": acc, "train_samples_per_s": sps,
+         "infer_samples_per_s": 10 * sps, "params": 1000, "commit": "abc1234", "machine": "some CPU", "task": TASK}
+        for model, acc, sps in models for s in range(seeds)]}
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One quick run of every default part (cost, ops, train), shared by the tests that read or re-render it."""
+    """One quick run of every default part (cost, ops), shared by the tests that read or re-render it."""
     out = tmp_path_factory.mktemp("quick") / "BENCHMARKS.md"
     main(["--quick", "--output", str(out), "--threads", "1"])
     return out
@@ -54,10 +61,11 @@ def test_quick_run_writes_well_formed_markdown(quick_run: Path) -> None:
     text = out.read_text()
     assert text.startswith("# Benchmarks")
     for heading in ("## Cost against N", "## Centroid backbone variants", "## Growth of fwd+bwd time",
-                    "## Neighbour search", "## Equal-budget training", "## Targets"):
+                    "## Neighbour search", "## aten operators dispatched", "## Targets"):
         assert heading in text
+    assert "Equal-budget" not in text and "Learning on the hard task" not in text  # learning: only when asked for
     tables = _tables(text)
-    assert len(tables) == 6  # cost, variants, slopes, ops, dispatched aten ops, training
+    assert len(tables) == 5  # cost, variants, slopes, ops, dispatched aten ops
     for table in tables:
         widths = {line.count("|") for line in table}
         assert len(widths) == 1, table  # every row has the header's number of cells
@@ -74,10 +82,8 @@ def test_quick_run_writes_well_formed_markdown(quick_run: Path) -> None:
         assert any(f"| Centroid (local), {variant} |" in row for row in variants), variant
         for model in baselines:
             assert any(f"| {MODELS[model][0]}, {variant} |" in row for row in variants), (model, variant)
-    train = tables[5]
-    assert len(train) == 2 + 3 and all(re.search(r"\| \d+\.\d ± \d+\.\d \|", row) for row in train[2:]), train
     raw = json.loads(out.with_suffix(".json").read_text())
-    assert set(raw["train"]) == set(list(CANDIDATES)[:3]) and all(len(runs) == 2 for runs in raw["train"].values())
+    assert raw["parts"] == ["cost", "ops"] and set(raw["commands"]) == set(raw["configs"]) == {"cost", "ops"}
 
 
 def test_tensor_peak_counts_the_live_tensors_at_their_high_water_mark() -> None:
@@ -121,11 +127,43 @@ def test_a_part_can_be_rerun_keeping_the_others(tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     main(["--quick", "--output", str(out), "--threads", "1", "--parts", "ops"])
     raw = json.loads(out.with_suffix(".json").read_text())
-    raw["train"] = {"Kept row": [{"test_acc": 0.5, "train_s": 1.0, "curve": [1.0], "commit": HEAD}]}
+    raw["learning"] = _learning(("centroid", 0.5, 20.0), seeds=2)
+    raw["parts"].append("learning")
+    raw["commands"]["learning"] = ["python -m benchmarks --parts learning"]
     out.with_suffix(".json").write_text(json.dumps(raw))
     main(["--quick", "--output", str(out), "--threads", "1", "--parts", "ops"])
     text = out.read_text()
-    assert "| Kept row | 50.0 ± 0.0 |" in text and "## Cost against N" in text and "fps_order_data" in text
+    assert "| centroid | 2 | 50.0 | 50.5 ± 0.7 |" in text and "## Cost against N" in text and "fps_order_data" in text
+    assert "- learning: `python -m benchmarks --parts learning`" in text
+
+
+def test_results_of_the_removed_train_part_are_ignored_and_dropped(quick_run: Path, tmp_path: Path) -> None:
+    """A results file from before the ``train`` part was removed (its rows, commands, config and machine, and its
+    config fields in every part's config) re-renders without it, and a rewrite drops it from the file."""
+    out = _copy_run(quick_run, tmp_path / "BENCHMARKS.md")
+    text = out.read_text()
+    raw = json.loads(out.with_suffix(".json").read_text())
+    old_fields = {"candidates": ["PointNet++ SSG"], "seeds": 3, "train_epochs": 10, "train_points": 256,
+                  "train_per_class": 40, "test_per_class": 50, "data_root": "/tmp/bdata12"}
+    for part in ("cost", "ops"):
+        raw["configs"][part].update(old_fields)
+    raw["configs"]["train"] = {**raw["configs"]["cost"]}
+    raw["train"] = {"PointNet++ SSG": [{"test_acc": 0.9, "train_s": 1.0, "curve": [1.0], "commit": "abc1234"}]}
+    raw["parts"] = ["cost", "ops", "train"]
+    raw["commands"]["train"] = ["python -m benchmarks --parts train --candidates 'PointNet++ SSG'"]
+    raw["machines"]["train"] = "an older machine"
+    out.with_suffix(".json").write_text(json.dumps(raw))
+    from benchmarks.report import render
+
+    rendered = render(Config(), raw, "python -m benchmarks --parts")
+    assert "Equal-budget" not in rendered and "--candidates" not in rendered and "an older machine" not in rendered
+    main(["--quick", "--output", str(out), "--parts"])  # re-render only: the file is rewritten without the part
+    assert out.read_text() == text
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert "train" not in raw and raw["parts"] == ["cost", "ops"]
+    assert all("train" not in raw[key] for key in ("commands", "configs", "machines"))
+    assert not any(old_fields.keys() & config.keys() for config in raw["configs"].values())
+    assert rendered.strip() == text.split("## Plots")[0].strip()  # the report ignored the part before the rewrite
 
 
 def test_a_gpu_run_is_kept_apart_and_rendered_with_its_own_machine_and_targets(quick_run: Path, tmp_path: Path) -> None:
@@ -177,57 +215,12 @@ def test_full_attention_has_the_centroid_blocks_layer_scale() -> None:
     assert all(stage.attention.gamma_attn is None for stage in plain.backbone.stages)
 
 
-def test_a_train_run_for_some_candidates_keeps_the_rows_measured_the_same_way(tmp_path: Path, monkeypatch) -> None:
-    import benchmarks.runner as bench
-
-    def fake(cfg: bench.Config) -> dict:
-        return {label: [{"test_acc": 0.5 + 0.1 * i, "train_s": 1.0, "curve": [1.0]}]
-                for i, label in enumerate(cfg.candidates)}
-
-    monkeypatch.setattr(bench, "run_train", fake)
-    out, (a, b, c) = tmp_path / "BENCHMARKS.md", list(CANDIDATES)[:3]
-    base = ["--output", str(out), "--parts", "train", "--seeds", "1", "--data-root", str(tmp_path)]
-    main([*base, "--candidates", a, b])
-    main([*base, "--candidates", c])  # same setup: a and b kept, c added
-    raw = json.loads(out.with_suffix(".json").read_text())
-    assert list(raw["train"]) == [a, b, c] and len(raw["commands"]["train"]) == 2
-    main([*base, "--candidates", a, "--train-epochs", "3"])  # another setup: the old rows go
-    raw = json.loads(out.with_suffix(".json").read_text())
-    assert list(raw["train"]) == [a] and len(raw["commands"]["train"]) == 1
-    assert "40 training and 50 test shapes per class" in out.read_text()
-
-
 def test_pointnet2_norm_option() -> None:
     model = build_classifier("pointnet2", 64, num_classes=5, options={"norm": "batch"})
     assert isinstance(model.backbone.stages[0].conv.local_nn[1], torch.nn.BatchNorm1d)
     assert model(torch.rand(2, 64, 3)).shape == (2, 5)
     with pytest.raises(ValueError, match="norm='group'"):
         build_classifier("pointnet2", 64, num_classes=5, options={"norm": "group"})
-
-
-def test_full_attention_probe_runs_and_sees_near_uniform_attention_at_init() -> None:
-    from benchmarks.harness import ordered, surface_cloud
-    from benchmarks.probe_full_attention import probe
-
-    torch.manual_seed(0)
-    model = build_classifier("full_attention", 64, num_classes=5, options={"layer_scale": None})
-    out = probe(model, ordered(surface_cloud(2, 64)))
-    assert len(out["entropy"]) == len(out["before"]) == len(out["after"]) == 3
-    assert all(0.9 < e <= 1.0 + 1e-4 for e in out["entropy"]) and 0 <= out["head_input"] <= 1
-    assert model.training
-
-
-def test_training_targets_compare_the_default_centroid_row_with_pointnet2() -> None:
-    from benchmarks.experiments import DEFAULT_CENTROID
-    from benchmarks.verdicts import train_targets
-
-    def runs(*accs: float) -> list[dict]:
-        return [{"test_acc": a} for a in accs]
-
-    lines = train_targets({"PointNet++ SSG": runs(0.95, 0.97), DEFAULT_CENTROID: runs(0.99, 0.98),
-                           "Full self-attention": runs(0.08, 0.09)})
-    assert len(lines) == 2 and "**met** (98.5 ± 0.7 vs 96.0 ± 1.4 %)" in lines[0] and "**not met**" in lines[1]
-    assert train_targets({}) == []
 
 
 def test_compiled_cells_are_kept_as_a_variant_beside_the_eager_ones(monkeypatch) -> None:
@@ -245,7 +238,7 @@ def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_fai
 
     calls = []
 
-    def fake_child(module: str, payload: dict, cfg, python=None) -> dict:
+    def fake_child(payload: dict, cfg, python=None) -> dict:
         calls.append((payload["name"], payload["num_points"]))
         failed = payload["name"] == "pointnet2" and payload["num_points"] == 256
         return {"error": "out of memory"} if failed else {"train_ms": payload["num_points"] / 100}
@@ -280,10 +273,7 @@ def test_cells_older_than_their_models_code_are_dropped() -> None:
 def test_the_quick_run_draws_its_plots_beside_the_report(quick_run: Path, tmp_path: Path) -> None:
     out = _copy_run(quick_run, tmp_path / "B.md")
     raw = json.loads(out.with_suffix(".json").read_text())
-    raw["configs"]["train"] = {"train_per_class": 10, "train_epochs": 2}
-    raw["train"] = {"A": [{"test_acc": 0.5, "train_s": 2.0, "commit": HEAD}, {"test_acc": 0.7, "train_s": 2.0,
-                                                                            "commit": HEAD}],
-                    "B": [{"test_acc": 0.4, "train_s": 1.0, "commit": HEAD}]}
+    raw["learning"] = _learning(("centroid", 0.5, 20.0), ("pointnet2", 0.4, 10.0), seeds=2)
     out.with_suffix(".json").write_text(json.dumps(raw))
     main(["--quick", "--output", str(out), "--parts"])  # re-render only: the plots are redrawn from the raw results
     text = out.read_text()
@@ -292,15 +282,15 @@ def test_the_quick_run_draws_its_plots_beside_the_report(quick_run: Path, tmp_pa
 
 
 def test_accuracy_rows_intervals_and_the_pareto_front() -> None:
-    from benchmarks.plots import ci95, pareto_front, train_rows
+    from benchmarks.plots import ci95, learning_rows, pareto_front
 
     assert ci95([1.0]) == 0.0 and ci95([1.0, 3.0]) == pytest.approx(12.71 * 2**0.5 / 2**0.5)
     assert pareto_front([(1.0, 90.0), (2.0, 80.0), (0.5, 85.0), (2.0, 70.0)]) == [0, 1]
-    rows = train_rows({"configs": {"train": {"train_per_class": 10, "train_epochs": 2}},
-                       "train": {"A": [{"test_acc": 0.5, "train_s": 4.0, "commit": HEAD},
-                                       {"test_acc": 0.7, "train_s": 4.0, "commit": HEAD}]}})
-    assert len(rows) == 1 and rows[0].acc_mean == pytest.approx(60.0) and rows[0].train_sps == pytest.approx(60.0)
-    assert rows[0].infer_sps is None
+    rows = learning_rows({"learning": _learning(("centroid", 0.5, 60.0), seeds=2)})
+    assert len(rows) == 1 and rows[0].label == "centroid" and rows[0].acc_mean == pytest.approx(50.5)
+    assert rows[0].acc_ci95 == pytest.approx(12.71 * 0.5 ** 0.5 / 2 ** 0.5)
+    assert rows[0].train_sps == pytest.approx(60.0) and rows[0].infer_sps == pytest.approx(600.0)
+    assert learning_rows({}) == []
 
 
 def test_the_learning_part_renders_its_table_targets_and_accuracy_plot(quick_run: Path, tmp_path: Path) -> None:
@@ -308,11 +298,7 @@ def test_the_learning_part_renders_its_table_targets_and_accuracy_plot(quick_run
     plot's points (mean test accuracy against samples/s)."""
     out = _copy_run(quick_run, tmp_path / "L.md")
     raw = json.loads(out.with_suffix(".json").read_text())
-    task = {"train_per_class": 20, "test_per_class": 15}
-    raw["learning"] = {"output": "benchmarks/results/learning.json", "rows": [
-        {"model": model, "seed": s, "test_acc": acc + 0.01 * s, "val_acc": acc, "train_samples_per_s": sps,
-         "infer_samples_per_s": 10 * sps, "params": 1000, "commit": "abc1234", "machine": "some CPU", "task": task}
-        for model, acc, sps in (("centroid", 0.85, 20.0), ("pointnet2", 0.80, 30.0)) for s in range(3)]}
+    raw["learning"] = _learning(("centroid", 0.85, 20.0), ("pointnet2", 0.80, 30.0))
     out.with_suffix(".json").write_text(json.dumps(raw))
     main(["--quick", "--output", str(out), "--parts"])  # re-render only
     text = out.read_text()
