@@ -25,7 +25,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {
     "T = 1": Variant(steps=1, baselines=("full_attention",)),
     # the backbone configs' stage settings (configs/model/backbone_*.yaml): T = 1, no relative-position code
-    "T = 1, no position code (the configs' default)":
+    "the configs' stage settings (T = 1; centroid: no relative-position code)":
         Variant(steps=1, options={"pos_encoding": False}, baselines=("full_attention", "pointnet2")),
     "N/4 first": Variant(ratios=[4, 8, 16], baselines=("full_attention", "pointnet2", "pointnet2_ball")),
     "N/4 first, T = 1": Variant(ratios=[4, 8, 16], steps=1, baselines=("full_attention",)),

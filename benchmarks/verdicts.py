@@ -104,6 +104,15 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
                      f"({c1['infer_sps']:.1f} vs {p1['infer_sps']:.1f} samples/s, {ratio}).")
     else:
         lines.append("- Inference at N = 1024 against PointNet++: **not measured**.")
+    for name, cells in variants.items():  # like for like: PointNet++ at the variant's schedule
+        model, _, variant = name.rpartition("@")
+        c, p = variants.get(variant, {}).get(1024, {}), cells.get(1024, {})
+        if model == "pointnet2" and c.get("infer_sps") and p.get("infer_sps"):
+            verdict, ratio = speed_verdict(
+                {"train_ms": 1 / p["infer_sps"], "range": _inverse(p.get("infer_range_sps"))},
+                {"train_ms": 1 / c["infer_sps"], "range": _inverse(c.get("infer_range_sps"))}, 1.5, key="range")
+            lines.append(f"  - centroid at {variant}, ≥ 1.5×: **{verdict}** ({c['infer_sps']:.1f} vs "
+                         f"{p['infer_sps']:.1f} samples/s, {ratio}).")
     if not gpu:  # a CPU target
         lines.append(_slope_target(ref))
     for how, cells in (("default", ref), ("`recompute: true`", recompute)):
