@@ -34,26 +34,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.config import DEFAULT_PARTS, PARTS, Config, known_fields, quick_config
+from benchmarks.config import DEFAULT_PARTS, PARTS, Config, forget_removed_parts, quick_config
 from benchmarks.harness import MODELS
 from benchmarks.parts import MEASURE
 from benchmarks.plots import plot
 from benchmarks.report import render
 from benchmarks.runner import REPO, machine
-
-
-def forget_removed_parts(results: dict) -> None:
-    """Drop what older result files hold of parts that no longer exist (``train``, the equal-budget training that
-    the ``learning`` part replaced): its rows, its commands, configs and machines, and its fields in the configs
-    of the other parts."""
-    results.pop("train", None)
-    if "parts" in results:
-        results["parts"] = [part for part in results["parts"] if part in PARTS]
-    for key in ("commands", "configs", "machines"):
-        if key in results:
-            results[key] = {part: v for part, v in results[key].items() if part in PARTS}
-    if "configs" in results:
-        results["configs"] = {part: known_fields(c) for part, c in results["configs"].items()}
 
 
 def run(cfg: Config, output: Path, command: str, parts: tuple[str, ...] = PARTS) -> str:
@@ -64,9 +50,7 @@ def run(cfg: Config, output: Path, command: str, parts: tuple[str, ...] = PARTS)
     of removed parts are dropped (:func:`forget_removed_parts`).
     """
     raw_path = output.with_suffix(".json")
-    root = json.loads(raw_path.read_text()) if raw_path.is_file() else {}
-    for device_results in (root, root.get("gpu", {})):
-        forget_removed_parts(device_results)
+    root = forget_removed_parts(json.loads(raw_path.read_text()) if raw_path.is_file() else {})
     results = root.setdefault("gpu", {}) if cfg.device.startswith("cuda") else root
     kept = {part: MEASURE[part](cfg, results) for part in PARTS if part in parts}
     results["parts"] = sorted(set(results.get("parts", [])) | set(parts), key=PARTS.index)

@@ -57,13 +57,19 @@ def quick_config() -> Config:
                   cell_budget_s=1.0, cell_timeout_s=60.0, isolate=False, dispatch_points=512, dispatch_batch=1)
 
 
-def known_fields(record: dict) -> dict:
-    """A config recorded in the raw results without the fields this version no longer has (older files hold the
-    removed ``train`` part's)."""
+def forget_removed_parts(root: dict) -> dict:
+    """Drop, in place, what older raw results hold of parts that no longer exist (``train``, the equal-budget training
+    that the ``learning`` part replaced): their rows, commands, configs and machines, and the removed fields of the
+    recorded configs; in the CPU results and the GPU ones (``root["gpu"]``). Returns ``root``."""
     known = {f.name for f in fields(Config)}
-    return {k: v for k, v in record.items() if k in known}
-
-
-def config_of(record: dict) -> Config:
-    """The config a part recorded in the raw results (fields it lacks: their defaults)."""
-    return Config(**known_fields(record))
+    for results in (root, root.get("gpu", {})):
+        results.pop("train", None)
+        if "parts" in results:
+            results["parts"] = [part for part in results["parts"] if part in PARTS]
+        for key in ("commands", "configs", "machines"):
+            if key in results:
+                results[key] = {part: v for part, v in results[key].items() if part in PARTS}
+        if "configs" in results:
+            results["configs"] = {part: {k: v for k, v in c.items() if k in known}
+                                  for part, c in results["configs"].items()}
+    return root

@@ -17,9 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.runner import FIT_CODE, provenance, stale_line
+from benchmarks.runner import FIT_CODE, REPO, provenance, stale_line
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = "configs/modelnet40.yaml"
 #: Generated shapes per class: 12 classes × (820, 206) ≈ ModelNet40's 9843 training and 2468 test shapes.
 TRAIN_PER_CLASS, TEST_PER_CLASS = 820, 206

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 
-from benchmarks.config import PARTS, Config, config_of
+from benchmarks.config import PARTS, Config, forget_removed_parts
 from benchmarks.deploy import render_deploy
 from benchmarks.dispatch import render_dispatch
 from benchmarks.experiments import COMPILED, REFERENCE
@@ -55,7 +56,9 @@ def _cost_rows(label: str, cells: dict, ref: dict) -> list[str]:
 
 def render(cfg: Config, results: dict, command: str, figures: list[str] = ()) -> str:
     """The markdown report from the raw results of every part (each described by the config it ran with): the
-    CPU run, then the GPU run (``results["gpu"]``, same layout) where one was made."""
+    CPU run, then the GPU run (``results["gpu"]``, same layout) where one was made. What older results hold of
+    removed parts is left out (:func:`~benchmarks.config.forget_removed_parts`, on a copy)."""
+    results = forget_removed_parts(copy.deepcopy(results))
     out = ["# Benchmarks", ""]
     if results.get("parts"):
         out += _report(cfg, results, command, "##")
@@ -72,14 +75,13 @@ def render(cfg: Config, results: dict, command: str, figures: list[str] = ()) ->
 
 def _machine_line(results: dict, cfg: Config) -> str:
     """The machine each part ran on, as recorded when it ran (older result files: this machine)."""
-    recorded = [m for part, m in results.get("machines", {}).items() if part in PARTS]
-    seen = list(dict.fromkeys(recorded)) or [machine(cfg.device)]
+    seen = list(dict.fromkeys(results.get("machines", {}).values())) or [machine(cfg.device)]
     return "; ".join(seen)
 
 
 def _report(cfg: Config, results: dict, command: str, h: str) -> list[str]:
     """One device's report (``h``: the markdown level of its section headings)."""
-    configs = {part: config_of(c) for part, c in results.get("configs", {}).items() if part in PARTS}
+    configs = {part: Config(**c) for part, c in results.get("configs", {}).items()}
     cfg = configs.get("cost", cfg)
     label = {k: v[0] for k, v in MODELS.items()}
     cost = results.get("cost", {})
@@ -211,8 +213,7 @@ def _render_ops(cfg: Config, ops: dict, h: str) -> list[str]:
 
 
 def _commands(results: dict, command: str) -> dict[str, list[str]]:
-    """The commands that produced each part, in order (older result files lack them: this run's command; parts
-    that no longer exist are left out)."""
+    """The commands that produced each part, in order (older result files lack them: this run's command)."""
     known = results.get("commands", {})
-    out = {part: known.get(part, command) for part in results.get("parts", PARTS) if part in PARTS}
+    out = {part: known.get(part, command) for part in results.get("parts", PARTS)}
     return {part: [c] if isinstance(c, str) else c for part, c in out.items()}

@@ -21,6 +21,14 @@ def speed_verdict(slow: dict, fast: dict, goal: float, key: str = "train_range_m
     return ("met" if median >= goal else "not met"), f"{median:.2f}× (one timing: no spread)"
 
 
+def _inference_verdict(slow: dict, fast: dict, goal: float) -> tuple[str, str]:
+    """:func:`speed_verdict` on two cells' inference throughput (samples/s and their spread)."""
+    def as_time(cell: dict) -> dict:
+        return {"train_ms": 1 / cell["infer_sps"], "range": _inverse(cell.get("infer_range_sps"))}
+
+    return speed_verdict(as_time(slow), as_time(fast), goal, key="range")
+
+
 def _inverse(sps_range: list[float] | None) -> list[float] | None:
     """A ``[slowest, fastest]`` samples/s range as ``[fastest, slowest]`` seconds per sample."""
     return [1 / sps_range[1], 1 / sps_range[0]] if sps_range else None
@@ -97,9 +105,7 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
                      f"{max(ran, default=0):,}; failed cells: {'; '.join(failed) or 'none'}. The kernels at "
                      "B·M = 2²¹ are run by `pytest -m gpu` (tests/models/test_backbone.py).")
     if c1.get("infer_sps") and p1.get("infer_sps"):
-        verdict, ratio = speed_verdict({"train_ms": 1 / p1["infer_sps"], "range": _inverse(p1.get("infer_range_sps"))},
-                                       {"train_ms": 1 / c1["infer_sps"], "range": _inverse(c1.get("infer_range_sps"))},
-                                       1.0, key="range")
+        verdict, ratio = _inference_verdict(p1, c1, 1.0)
         lines.append(f"- Inference at N = 1024 ≥ PointNet++ SSG (aim 1.5×): **{verdict}** "
                      f"({c1['infer_sps']:.1f} vs {p1['infer_sps']:.1f} samples/s, {ratio}).")
     else:
@@ -108,9 +114,7 @@ def targets(models: dict, variants: dict, cfg: Config) -> list[str]:
         model, _, variant = name.rpartition("@")
         c, p = variants.get(variant, {}).get(1024, {}), cells.get(1024, {})
         if model == "pointnet2" and c.get("infer_sps") and p.get("infer_sps"):
-            verdict, ratio = speed_verdict(
-                {"train_ms": 1 / p["infer_sps"], "range": _inverse(p.get("infer_range_sps"))},
-                {"train_ms": 1 / c["infer_sps"], "range": _inverse(c.get("infer_range_sps"))}, 1.5, key="range")
+            verdict, ratio = _inference_verdict(p, c, 1.5)
             lines.append(f"  - centroid at {variant}, ≥ 1.5×: **{verdict}** ({c['infer_sps']:.1f} vs "
                          f"{p['infer_sps']:.1f} samples/s, {ratio}).")
     if not gpu:  # a CPU target
