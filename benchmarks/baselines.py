@@ -154,20 +154,24 @@ class SelfAttentionLayer(nn.Module):
         h ← h + γ_a ⊙ MHA(LN_a(h)),    h ← h + γ_f ⊙ FFN(LN_f(h))
 
     one LayerNorm per residual branch (as a standard block), ``γ``: LayerScale gains (``layer_scale``; ``None``
-    for none), FFN of width 2C as the centroid blocks'. Shapes: ``[B, N, C]`` → ``[B, N, C]``; attention
-    weights ``[B, heads, N, N]`` with ``return_attention``.
+    for none), FFN of width ``ffn_ratio``·C as the centroid blocks' (``0``: no FFN branch, as the backbone
+    configs' centroid blocks). Shapes: ``[B, N, C]`` → ``[B, N, C]``; attention weights ``[B, heads, N, N]``
+    with ``return_attention``.
     """
 
-    def __init__(self, dim: int, heads: int, layer_scale: float | None = 1e-3) -> None:
+    def __init__(self, dim: int, heads: int, layer_scale: float | None = 1e-3, ffn_ratio: float = 2.0) -> None:
         super().__init__()
         self.heads = heads
-        self.norm_attn, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        hidden = round(dim * ffn_ratio)
+        self.norm_attn = nn.LayerNorm(dim)
+        self.norm_ffn = nn.LayerNorm(dim) if hidden else None
         self.qkv, self.out = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.ffn = FeedForward(dim, 2 * dim)
+        self.ffn = FeedForward(dim, hidden) if hidden else None
         self.gamma_attn = self.gamma_ffn = None
         if layer_scale is not None:
             self.gamma_attn = nn.Parameter(torch.full((dim,), float(layer_scale)))
-            self.gamma_ffn = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            if hidden:
+                self.gamma_ffn = nn.Parameter(torch.full((dim,), float(layer_scale)))
 
     def forward(self, h: Tensor, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         B, N, C = h.shape
@@ -180,6 +184,8 @@ class SelfAttentionLayer(nn.Module):
             att = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C / heads)
         att = self.out(att.transpose(1, 2).reshape(B, N, C))
         h = h + (att if self.gamma_attn is None else self.gamma_attn * att)
+        if self.ffn is None:
+            return h, weights
         ffn = self.ffn(self.norm_ffn(h))
         return h + (ffn if self.gamma_ffn is None else self.gamma_ffn * ffn), weights
 
@@ -187,7 +193,7 @@ class SelfAttentionLayer(nn.Module):
 class FullAttentionStage(nn.Module):
     """N points → M points: project, add the position code, T steps of self-attention over all N (shared
     weights, like the centroid block's T steps), then FPS + KNN max-pool with the centroid backbone's BatchNorm
-    KNN initialisation.
+    KNN initialisation (``pool_layers`` per-pair layers, as its ``init_layers``).
 
     Position code: ``MLP(p_j)`` added to every token before attention. The centroid attention's relative code
     ``MLP(p_j − p_i)`` would be an ``[N, N, C]`` tensor over all pairs here; the absolute one is the form
@@ -199,14 +205,14 @@ class FullAttentionStage(nn.Module):
 
     def __init__(
         self, in_dim: int, out_dim: int, num_centroids: int, k: int, steps: int, heads: int, sampling: str,
-        layer_scale: float | None = 1e-3, pool_norm: str = "batch",
+        layer_scale: float | None = 1e-3, pool_norm: str = "batch", pool_layers: int = 1, ffn_ratio: float = 2.0,
     ) -> None:
         super().__init__()
         self.num_centroids, self.k, self.steps, self.sampling = num_centroids, k, steps, sampling
         self.proj = nn.Linear(in_dim, out_dim)
         self.pos_code = nn.Sequential(nn.Linear(3, out_dim), nn.ReLU(), nn.Linear(out_dim, out_dim))
-        self.attention = SelfAttentionLayer(out_dim, heads, layer_scale)
-        self.pool = KNNInit(out_dim, out_dim, norm=pool_norm)
+        self.attention = SelfAttentionLayer(out_dim, heads, layer_scale, ffn_ratio)
+        self.pool = KNNInit(out_dim, out_dim, pool_layers, pool_norm)
 
     def forward(self, pos: Tensor, x: Tensor) -> StageOutput:
         h = self.proj(x) + self.pos_code(pos)  # (B, N, C)
@@ -224,8 +230,10 @@ class FullAttentionBackbone(_Backbone):
     ``layer_scale``: the residual branches' LayerScale gains, started at 1e-3 like the centroid blocks'. Without
     them (``None``) the model does not train under the benchmark recipe: at initialisation the global attention
     is uniform, so every step adds the same cloud-wide mean to every token; the tokens collapse onto one vector
-    and the gradients reaching the stem vanish (docs/operator.md §6). ``pool_norm``: the KNN pooling's norm,
-    BatchNorm as the centroid backbone's default.
+    and the gradients reaching the stem vanish (docs/operator.md §6). ``pool_norm``, ``pool_layers``: the KNN
+    pooling's norm and per-pair layers (the centroid backbone's ``init_norm``, ``init_layers``); ``ffn_ratio``:
+    the layers' FFN width (0: none), as the centroid blocks'. The learning benchmark sets all three as the
+    centroid backbone's configs (configs/learning/model_full_attention.yaml).
     """
 
     def __init__(
@@ -240,10 +248,12 @@ class FullAttentionBackbone(_Backbone):
         sampling: str = "fps",
         layer_scale: float | None = 1e-3,
         pool_norm: str = "batch",
+        pool_layers: int = 1,
+        ffn_ratio: float = 2.0,
     ) -> None:
         super().__init__(in_channels, [stem_width, *widths], sampling)
         self.stages.extend(
-            FullAttentionStage(a, b, m, k, steps, heads, s, layer_scale, pool_norm)
+            FullAttentionStage(a, b, m, k, steps, heads, s, layer_scale, pool_norm, pool_layers, ffn_ratio)
             for a, b, m, s in zip(self.channels[:-1], widths, num_centroids, self.stage_sampling(sampling, len(widths)))
         )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from benchmarks.experiments import LEARNING_ROWS
+from benchmarks.experiments import COMPILED, LEARNING_ROWS, VARIANTS
 from benchmarks.harness import MODELS
 
 #: Every part a run can redo, in report order (see ``benchmarks/__main__.py``).
@@ -60,10 +60,14 @@ def quick_config() -> Config:
 def forget_removed_parts(root: dict) -> dict:
     """Drop, in place, what older raw results hold of parts that no longer exist (``train``, the equal-budget training
     that the ``learning`` part replaced): their rows, commands, configs and machines, and the removed fields of the
-    recorded configs; in the CPU results and the GPU ones (``root["gpu"]``). Returns ``root``."""
+    recorded configs; the cells of cost variants no longer in ``VARIANTS``; in the CPU results and the GPU ones
+    (``root["gpu"]``). Returns ``root``."""
     known = {f.name for f in fields(Config)}
     for results in (root, root.get("gpu", {})):
         results.pop("train", None)
+        variants = results.get("cost", {}).get("variants", {})
+        for name in [n for n in variants if n.rpartition("@")[2] not in (*VARIANTS, COMPILED)]:
+            del variants[name]  # a cost variant since changed or removed (its label names its settings)
         if "parts" in results:
             results["parts"] = [part for part in results["parts"] if part in PARTS]
         for key in ("commands", "configs", "machines"):

@@ -124,10 +124,10 @@ def run_cost(cfg: Config) -> dict:
             sizes = list(cfg.variant_sizes) + (list(cfg.local_sizes) if v.large else [])
             variants[label] = sweep([REFERENCE], {REFERENCE: sizes}, cfg, "train_ms", ratios=v.ratios, steps=v.steps,
                                     options=v.options, widths=v.widths)[REFERENCE]
-            others = [m for m in v.baselines if m in cfg.models]
-            done = sweep(others, {m: list(cfg.variant_sizes) for m in others}, cfg, "train_ms", ratios=v.ratios,
-                         steps=v.steps)
-            variants.update({f"{m}@{label}": cells for m, cells in done.items()})
+            for m in (m for m in v.baselines if m in cfg.models):
+                done = sweep([m], {m: list(cfg.variant_sizes)}, cfg, "train_ms", ratios=v.ratios, steps=v.steps,
+                             options=v.baselines[m])
+                variants[f"{m}@{label}"] = done[m]
     return {"models": models, "variants": variants}
 
 

@@ -360,7 +360,7 @@ class CentroidAttentionBlock(nn.Module):
     Per step t = 1..T (``x̂ = LN_x(x)`` computed once):
 
         u ← u + γ_a ⊙ CentroidAttention(LN_u(u), x̂)
-        u ← u + γ_f ⊙ FFN(LN_f(u))
+        u ← u + γ_f ⊙ FFN(LN_f(u))                      (left out with ``ffn_ratio=0``)
 
     ``γ_a, γ_f`` (LayerScale, docs/operator.md §6 choice) are per-channel gains started at ``layer_scale``;
     they only re-parametrise ``W_o`` and the FFN's last layer (the operator is unchanged) but let a stage
@@ -371,7 +371,8 @@ class CentroidAttentionBlock(nn.Module):
         dim, heads, mode, pos_encoding, clustering_norm, dropout, kv_dim, kernel: as in
             :class:`CentroidAttention`.
         steps: T, the number of unrolled steps (docs/operator.md §1 choice: default 2).
-        ffn_ratio: hidden width of the feed-forward network as a multiple of ``dim``.
+        ffn_ratio: hidden width of the feed-forward network as a multiple of ``dim``; ``0``: no feed-forward
+            branch (the backbone configs' choice: it slowed learning, docs/operator.md §6).
         layer_scale: initial value of γ, or ``None`` for no gains.
 
     Shapes:
@@ -396,16 +397,20 @@ class CentroidAttentionBlock(nn.Module):
         super().__init__()
         if steps < 1:
             raise ValueError(f"steps={steps} must be at least 1")
+        if ffn_ratio < 0:
+            raise ValueError(f"ffn_ratio={ffn_ratio} must be >= 0 (0: no feed-forward branch)")
         self.steps = steps
         self.norm_u = nn.LayerNorm(dim)
         self.norm_x = nn.LayerNorm(dim if kv_dim is None else kv_dim)
         self.attn = CentroidAttention(dim, heads, mode, pos_encoding, clustering_norm, dropout, kv_dim, kernel=kernel)
-        self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, round(dim * ffn_ratio), dropout)
+        hidden = round(dim * ffn_ratio)
+        self.norm_ffn = nn.LayerNorm(dim) if hidden else None
+        self.ffn = FeedForward(dim, hidden, dropout) if hidden else None
         self.gamma_attn = self.gamma_ffn = None
         if layer_scale is not None:
             self.gamma_attn = nn.Parameter(torch.full((dim,), float(layer_scale)))
-            self.gamma_ffn = nn.Parameter(torch.full((dim,), float(layer_scale)))
+            if hidden:
+                self.gamma_ffn = nn.Parameter(torch.full((dim,), float(layer_scale)))
 
     def extra_repr(self) -> str:
         return f"steps={self.steps}"
@@ -428,5 +433,6 @@ class CentroidAttentionBlock(nn.Module):
             last = return_attention and t == self.steps - 1
             update, weights = self.attn.attend(self.norm_u(u), kv, need_weights=last, gain=self.gamma_attn)
             u = u + update
-            u = u + self.ffn(self.norm_ffn(u), self.gamma_ffn)
+            if self.ffn is not None:
+                u = u + self.ffn(self.norm_ffn(u), self.gamma_ffn)
         return u, weights
