@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.config import DEFAULT_PARTS, PARTS, Config, forget_removed_parts, quick_config
+from benchmarks.experiments import VARIANTS
 from benchmarks.harness import MODELS
 from benchmarks.parts import MEASURE
 from benchmarks.plots import plot
@@ -78,10 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parts", nargs="*", choices=PARTS, default=list(DEFAULT_PARTS),
                    help="which parts to (re)run; the others are kept from <output>.json (none: only re-render)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, end to end in seconds (for tests)")
-    p.add_argument("--sizes", type=int, nargs="+", default=d.sizes)
+    p.add_argument("--sizes", type=int, nargs="*", default=d.sizes, help="sizes of every model (none: variants only)")
     p.add_argument("--local-sizes", type=int, nargs="*", default=d.local_sizes,
                    help="extra sizes for local mode and ops")
     p.add_argument("--variant-sizes", type=int, nargs="*", default=d.variant_sizes)
+    p.add_argument("--variants", nargs="*", choices=list(VARIANTS), default=d.variants, metavar="LABEL",
+                   help="cost variants to (re)measure, by label (benchmarks/experiments.py; default: all)")
     p.add_argument("--models", nargs="+", choices=list(MODELS), default=d.models)
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--repeats", type=int, default=d.repeats, help="timed runs per cell at most (within --cell-budget)")
@@ -108,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = quick_config()
         cfg.threads, cfg.device = a.threads, a.device
     else:
-        cfg = Config(a.sizes, a.local_sizes, a.variant_sizes, a.models, a.batch, a.repeats, a.min_repeats,
+        cfg = Config(a.sizes, a.local_sizes, a.variant_sizes, a.variants, a.models, a.batch, a.repeats, a.min_repeats,
                      a.cell_budget, a.cell_timeout, a.mem_gib, a.threads, a.device, a.compile, jobs=a.jobs,
                      torch_cluster_python=a.torch_cluster_python, fit_epochs=a.fit_epochs,
                      fit_limit_batches=a.fit_limit_batches, fit_workers=a.fit_workers,

@@ -21,6 +21,7 @@ class Config:
     sizes: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
     local_sizes: list[int] = field(default_factory=lambda: [16384, 32768, 65536, 131072])  # local mode + ops only
     variant_sizes: list[int] = field(default_factory=lambda: [1024, 4096])
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))  # the cost variants (re)measured
     models: list[str] = field(default_factory=lambda: list(MODELS))
     batch: int = 4
     repeats: int = 10  # timed runs at most (fewer when they would not fit the cell budget)

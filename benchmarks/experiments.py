@@ -25,10 +25,10 @@ class Variant:
 
 VARIANTS: dict[str, Variant] = {
     "T = 1": Variant(steps=1, baselines={"full_attention": {}}),
-    # the backbone configs' stage settings (configs/model/backbone_*.yaml): T = 1, no relative-position code,
-    # two-layer KNN init, no feed-forward branch; full attention with the same pooling and blocks
-    "the configs' stage settings (T = 1, two-layer KNN init, no FFN; centroid: no relative-position code)":
-        Variant(steps=1, options={"pos_encoding": False, "init_layers": 2, "ffn_ratio": 0},
+    # the backbone configs' stage settings (configs/model/backbone_*.yaml): T = 1, two-layer KNN init, no
+    # feed-forward branch; full attention with the same pooling and blocks
+    "the configs' stage settings (T = 1, two-layer KNN init, no FFN)":
+        Variant(steps=1, options={"init_layers": 2, "ffn_ratio": 0},
                 baselines={"full_attention": {"pool_layers": 2, "ffn_ratio": 0}, "pointnet2": {}}),
     "N/4 first": Variant(ratios=[4, 8, 16], baselines={"full_attention": {}, "pointnet2": {}, "pointnet2_ball": {}}),
     "N/4 first, T = 1": Variant(ratios=[4, 8, 16], steps=1, baselines={"full_attention": {}}),
@@ -44,8 +44,8 @@ LEARNING_ROWS = ("centroid", "pointnet2", "full_attention")
 LEARNING_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     # T = 2 refinement steps (the default is 1 since the learning benchmark: docs/operator.md §1)
     "centroid_t2": ("centroid", ("--model.init_args.backbone.init_args.stage.steps", "2")),
-    # the relative-position code δ_ij = MLP(p_j − p_i) in keys and values (the default before: docs/operator.md §6)
-    "centroid_pos_code": ("centroid", ("--model.init_args.backbone.init_args.stage.pos_encoding", "true")),
+    # without the relative-position code δ_ij = MLP(p_j − p_i) in keys and values (docs/operator.md §6)
+    "centroid_no_pos_code": ("centroid", ("--model.init_args.backbone.init_args.stage.pos_encoding", "false")),
     # the blocks' feed-forward branch of width 2C (the default before: docs/operator.md §6)
     "centroid_ffn": ("centroid", ("--model.init_args.backbone.init_args.stage.ffn_ratio", "2")),
 }

@@ -71,6 +71,22 @@ def test_full_attention_is_a_pre_norm_layer_with_a_position_code_and_batchnorm_p
     assert not torch.allclose(model(pos), model(moved))
 
 
+def test_full_attention_takes_the_centroid_configs_pooling_and_blocks() -> None:
+    """``pool_layers=2, ffn_ratio=0`` (the learning benchmark's, as the centroid configs'): a two-layer KNN pooling
+    and layers of attention only, each ``h + γ_a ⊙ MHA(LN(h))``."""
+    torch.manual_seed(0)
+    model = FullAttentionBackbone(num_centroids=[32, 16, 8], pool_layers=2, ffn_ratio=0)
+    stage = model.stages[0]
+    assert stage.pool.hidden is not None and stage.attention.ffn is None and stage.attention.gamma_ffn is None
+    assert sum(isinstance(m, nn.LayerNorm) for m in stage.attention.modules()) == 1
+    layer, h = stage.attention, torch.randn(2, 20, 128)
+    out, weights = layer(h, return_attention=True)
+    att = (weights @ layer.qkv(layer.norm_attn(h)).view(2, 20, 3, 4, 32)[:, :, 2].transpose(1, 2))  # Σ_j a_ij v_j
+    expected = h + layer.gamma_attn * layer.out(att.transpose(1, 2).reshape(2, 20, 128))
+    torch.testing.assert_close(out, expected)
+    assert model(torch.rand(2, 64, 3)).shape == (2, 8, 512)
+
+
 def test_full_attention_fast_and_plain_attention_agree() -> None:
     torch.manual_seed(0)
     layer = FullAttentionBackbone(num_centroids=[32, 16, 8], layer_scale=None).stages[0].attention

@@ -232,6 +232,30 @@ def test_compiled_cells_are_kept_as_a_variant_beside_the_eager_ones(monkeypatch)
                                                               f"pointnet2@{bench.COMPILED}": {128: {"train_ms": 1.0}}}}
 
 
+def test_only_the_variants_asked_for_are_measured_with_their_baselines_own_options(monkeypatch) -> None:
+    """``--variants``: the other variants are not run; each baseline of a variant gets its own backbone options;
+    a variant label no longer in ``VARIANTS`` (changed settings) is dropped from older results."""
+    import benchmarks.runner as bench
+    from benchmarks.config import forget_removed_parts
+
+    calls = []
+
+    def fake_sweep(names, sizes_of, cfg, key, ratios=(2, 4, 8), steps=2, options=None, widths=None):
+        calls.append((tuple(names), steps, options))
+        return {n: {1024: {"train_ms": 1.0}} for n in names}
+
+    monkeypatch.setattr(bench, "sweep", fake_sweep)
+    label = next(label for label in VARIANTS if label.startswith("the configs' stage settings"))
+    cfg = bench.Config(sizes=[], local_sizes=[], variants=[label],
+                       models=["centroid_local", "full_attention", "pointnet2"])
+    out = bench.run_cost(cfg)
+    assert set(out["variants"]) == {label, f"full_attention@{label}", f"pointnet2@{label}"}
+    assert calls[1:] == [(("centroid_local",), 1, {"init_layers": 2, "ffn_ratio": 0}),
+                         (("full_attention",), 1, {"pool_layers": 2, "ffn_ratio": 0}), (("pointnet2",), 1, {})]
+    old = {"cost": {"models": {}, "variants": {**out["variants"], "an old label": {}, "pointnet2@an old label": {}}}}
+    assert set(forget_removed_parts(old)["cost"]["variants"]) == set(out["variants"])
+
+
 def test_sweep_runs_every_model_at_one_size_before_the_next_and_skips_past_a_failure(monkeypatch) -> None:
     """Size-major order (the cells a ratio compares run back to back); a model stops at its first failure."""
     import benchmarks.runner as bench

@@ -277,6 +277,23 @@ def test_layer_scale_zero_starts_the_block_at_its_input() -> None:
         CentroidAttention(C, H, kernel="sparse")
 
 
+def test_ffn_ratio_zero_leaves_the_feed_forward_branch_out() -> None:
+    """``ffn_ratio=0`` (the backbone configs'): each step is u ← u + γ_a ⊙ attention, exactly the block with FFN
+    whose feed-forward branch outputs zero; no FFN parameters; a negative ratio is refused."""
+    torch.manual_seed(0)
+    bare = CentroidAttentionBlock(C, H, steps=2, ffn_ratio=0, kv_dim=6, layer_scale=0.5)
+    full = CentroidAttentionBlock(C, H, steps=2, ffn_ratio=2, kv_dim=6, layer_scale=0.5)
+    assert bare.ffn is None and bare.norm_ffn is None and bare.gamma_ffn is None
+    full.load_state_dict(bare.state_dict(), strict=False)
+    with torch.no_grad():
+        full.ffn[3].weight.zero_()
+        full.ffn[3].bias.zero_()
+    u, x, pos_u, pos_x, nbr = _inputs(27, torch.float32, c_in=6)
+    torch.testing.assert_close(bare(u, x, pos_u, pos_x, nbr)[0], full(u, x, pos_u, pos_x, nbr)[0])
+    with pytest.raises(ValueError, match="ffn_ratio=-1"):
+        CentroidAttentionBlock(C, H, ffn_ratio=-1)
+
+
 def test_the_gathered_kernel_shows_the_counter_every_product_of_the_formula() -> None:
     """FLOP counting runs the gathered kernel: its q·k and Σ a·v products are einsums the counter sees, as many
     FLOPs as the reference's (2 per multiply-accumulate); the chunked kernel's custom operator hides them."""
