@@ -120,7 +120,9 @@ def run_cost(cfg: Config) -> dict:
         return {"models": {}, "variants": compiled}
     variants = {}
     if REFERENCE in cfg.models:
-        for label, v in ((label, v) for label, v in VARIANTS.items() if label in cfg.variants):
+        for label, v in VARIANTS.items():
+            if label not in cfg.variants:
+                continue
             sizes = list(cfg.variant_sizes) + (list(cfg.local_sizes) if v.large else [])
             variants[label] = sweep([REFERENCE], {REFERENCE: sizes}, cfg, "train_ms", ratios=v.ratios, steps=v.steps,
                                     options=v.options, widths=v.widths)[REFERENCE]
